@@ -1,0 +1,54 @@
+# The verbs people type. Each target creates what it needs, so any of them works on a fresh clone.
+PYTHON ?= python3.11
+PY313  ?= $(shell command -v python3.13 2>/dev/null || ls -d /root/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -1)
+VENV   := .venv
+SAMVENV := .venv-sam
+BIN    := $(VENV)/bin
+SAM    := $(SAMVENV)/bin/sam
+
+.PHONY: local test test-fast bench build deploy lint schema clean
+
+$(BIN)/.installed: requirements-dev.txt layers/stream/requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(SAM):
+	test -x $(SAMVENV)/bin/python || $(PY313) -m venv $(SAMVENV)
+	$(SAMVENV)/bin/pip install -q --upgrade pip
+	$(SAMVENV)/bin/pip install -q aws-sam-cli
+
+## local: run the whole service on this machine (WebSocket gateway, SNS, mock LLM, chat page)
+local: $(BIN)/.installed
+	$(BIN)/python -m devstack
+
+## test: every test, from nothing (creates the virtualenvs, installs, runs pytest)
+test: $(BIN)/.installed $(SAM)
+	PATH="$(abspath $(SAMVENV))/bin:$(dir $(PY313)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+## test-fast: unit tests only
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest tests/unit -q
+
+## bench: streaming benchmarks; prints a table and rewrites docs/benchmarks.md
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/cfn-lint template.yaml
+
+schema: $(BIN)/.installed
+	PYTHONPATH=layers/stream $(BIN)/python -m llmstream.protocol > docs/protocol.schema.json
+
+## build / deploy: the AWS SAM application (python3.13 must be on PATH; no Docker needed)
+build: $(SAM)
+	PATH="$(dir $(PY313)):$$PATH" $(SAM) build
+
+deploy: build
+	$(SAM) deploy --guided
+
+clean:
+	rm -rf .aws-sam $(VENV) $(SAMVENV) .pytest_cache

@@ -1,0 +1,128 @@
+"""The versioned SNS message that carries one prompt from the message handler to a stream function.
+
+The message handler builds it; every stream subscriber parses it and ignores what it cannot trust.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from .protocol import REQUEST_ID_PATTERN, ROLES
+
+ENVELOPE_VERSION = 1
+
+
+class InvalidEnvelope(ValueError):
+    """The SNS message is not a version-1 prompt document; the reason never quotes the prompt."""
+
+
+@dataclass(frozen=True)
+class PromptEnvelope:
+    request_id: str
+    connection_id: str
+    domain_name: str
+    stage: str
+    messages: tuple[dict[str, str], ...]
+    model: str
+    provider: str
+    max_tokens: int
+    keep_open: bool = False
+    conversation_id: str | None = None
+    principal_id: str | None = None
+    received_at: int = 0
+    version: int = ENVELOPE_VERSION
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.connection_id}#{self.request_id}"
+
+    def to_json(self) -> str:
+        doc = {
+            "version": self.version,
+            "requestId": self.request_id,
+            "connectionId": self.connection_id,
+            "domainName": self.domain_name,
+            "stage": self.stage,
+            "principalId": self.principal_id,
+            "receivedAt": self.received_at,
+            "model": self.model,
+            "provider": self.provider,
+            "messages": [dict(m) for m in self.messages],
+            "options": {
+                "maxTokens": self.max_tokens,
+                "keepOpen": self.keep_open,
+                "conversationId": self.conversation_id,
+            },
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+    def message_attributes(self) -> dict[str, dict[str, str]]:
+        """SNS message attributes, so that subscribers can filter by provider or model."""
+        return {
+            "provider": {"DataType": "String", "StringValue": self.provider},
+            "model": {"DataType": "String", "StringValue": self.model},
+            "version": {"DataType": "Number", "StringValue": str(self.version)},
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _field(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
+    value = doc.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+        raise InvalidEnvelope(f"field '{key}' is missing or not a {kind.__name__}")
+    return value
+
+
+def parse_envelope(raw: str) -> PromptEnvelope:
+    """Parse and check an SNS message body; raise InvalidEnvelope without echoing content."""
+    try:
+        doc = json.loads(raw)
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidEnvelope("message is not JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidEnvelope("message is not a JSON object")
+    version = doc.get("version")
+    if version != ENVELOPE_VERSION:
+        raise InvalidEnvelope(f"unsupported version {version!r}" if isinstance(version, int) else "missing version")
+    request_id = _field(doc, "requestId", str)
+    if not REQUEST_ID_PATTERN.match(request_id):
+        raise InvalidEnvelope("field 'requestId' has an invalid format")
+    connection_id = _field(doc, "connectionId", str)
+    if not connection_id or len(connection_id) > 128:
+        raise InvalidEnvelope("field 'connectionId' has an invalid format")
+    messages = _field(doc, "messages", list)
+    if not messages:
+        raise InvalidEnvelope("field 'messages' is empty")
+    for m in messages:
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ROLES
+            or not isinstance(m.get("content"), str)
+        ):
+            raise InvalidEnvelope("field 'messages' holds an invalid message")
+    options = doc.get("options") or {}
+    if not isinstance(options, dict):
+        raise InvalidEnvelope("field 'options' is not an object")
+    max_tokens = _field(options, "maxTokens", int)
+    if max_tokens <= 0:
+        raise InvalidEnvelope("field 'maxTokens' must be positive")
+    return PromptEnvelope(
+        request_id=request_id,
+        connection_id=connection_id,
+        domain_name=_field(doc, "domainName", str),
+        stage=_field(doc, "stage", str),
+        messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
+        model=_field(doc, "model", str),
+        provider=_field(doc, "provider", str),
+        max_tokens=max_tokens,
+        keep_open=bool(options.get("keepOpen", False)),
+        conversation_id=_field(options, "conversationId", str, optional=True),
+        principal_id=_field(doc, "principalId", str, optional=True),
+        received_at=_field(doc, "receivedAt", int, optional=True) or 0,
+    )

@@ -1,0 +1,449 @@
+"""The WebSocket wire protocol: client messages, server frames, and their validation.
+
+This module is the one definition of the protocol. The handlers, the local stack, the tests
+and docs/protocol.md (its JSON Schema is generated from ``SCHEMA`` below) all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+PROTOCOL_VERSION = 1
+
+
+class Action(str, Enum):
+    SEND_MESSAGE = "sendMessage"
+    CANCEL = "cancel"
+    RESUME = "resume"
+
+
+class ErrorCode(str, Enum):
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_ACTION = "unknown_action"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    LLM_ERROR = "llm_error"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+ROLES = ("user", "assistant")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:=+/-]{1,128}$")
+
+
+# --------------------------------------------------------------------------- server frames
+
+
+def accepted_frame(request_id: str) -> dict[str, Any]:
+    return {"type": "accepted", "requestId": request_id}
+
+
+def start_frame(request_id: str, model: str) -> dict[str, Any]:
+    return {"type": "start", "requestId": request_id, "model": model}
+
+
+def delta_frame(request_id: str, seq: int, text: str) -> dict[str, Any]:
+    return {"type": "delta", "requestId": request_id, "seq": seq, "text": text}
+
+
+def end_frame(
+    request_id: str,
+    finish_reason: str,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "type": "end",
+        "requestId": request_id,
+        "finishReason": finish_reason,
+        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens},
+    }
+
+
+def error_frame(request_id: str | None, code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"type": "error", "requestId": request_id, "code": code.value, "message": message}
+
+
+def encode(frame: Mapping[str, Any]) -> bytes:
+    """Serialise a frame as compact UTF-8 JSON, the exact bytes sent on the socket."""
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- client messages
+
+
+@dataclass(frozen=True)
+class ProtocolError(Exception):
+    """A client mistake, answered with an error frame; never a bug."""
+
+    code: ErrorCode
+    message: str
+    request_id: str | None = None
+
+    def frame(self, fallback_request_id: str | None = None) -> dict[str, Any]:
+        return error_frame(self.request_id or fallback_request_id, self.code, self.message)
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    request_id: str
+    messages: tuple[dict[str, str], ...]
+    model: str
+    keep_open: bool = False
+    conversation_id: str | None = None
+    action: Action = field(default=Action.SEND_MESSAGE, init=False)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    request_id: str
+    action: Action = field(default=Action.CANCEL, init=False)
+
+
+@dataclass(frozen=True)
+class Resume:
+    request_id: str
+    after_seq: int
+    action: Action = field(default=Action.RESUME, init=False)
+
+
+ClientMessage = SendMessage | Cancel | Resume
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a client may send; taken from Settings so each deployment can tune it."""
+
+    max_prompt_bytes: int = 16 * 1024
+    max_messages: int = 50
+    default_model: str = "gpt-4o-mini"
+    allowed_models: tuple[str, ...] = ()
+    max_body_bytes: int = 128 * 1024
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.default_model, *(m for m in self.allowed_models if m != self.default_model))
+
+
+def _require_str(obj: Mapping[str, Any], key: str, *, required: bool) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{key}' is required")
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"'{key}' must be a string, not {_json_type(value)}"
+        )
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogatepass"))
+
+
+def _request_id(body: Mapping[str, Any], fallback: str) -> str:
+    value = body.get("requestId")
+    if value is None:
+        return fallback
+    if not isinstance(value, str) or not REQUEST_ID_PATTERN.match(value):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "'requestId' must be 1-128 characters of letters, digits or ._:=+/-",
+            fallback,
+        )
+    return value
+
+
+def _messages(body: Mapping[str, Any], limits: Limits, request_id: str) -> tuple[dict[str, str], ...]:
+    has_prompt, has_messages = "prompt" in body, "messages" in body
+    if has_prompt and has_messages:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "send either 'prompt' or 'messages', not both", request_id
+        )
+    if has_messages:
+        raw = body["messages"]
+        if not isinstance(raw, list) or not raw:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "'messages' must be a non-empty array", request_id
+            )
+        if len(raw) > limits.max_messages:
+            raise ProtocolError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"'messages' has {len(raw)} items; the limit is {limits.max_messages}",
+                request_id,
+            )
+        messages = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict):
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"'messages[{i}]' must be an object", request_id
+                )
+            role, content = item.get("role"), item.get("content")
+            if role not in ROLES:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f"'messages[{i}].role' must be one of {', '.join(ROLES)}",
+                    request_id,
+                )
+            if not isinstance(content, str) or not content.strip():
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f"'messages[{i}].content' must be a non-empty string",
+                    request_id,
+                )
+            messages.append({"role": role, "content": content})
+        if messages[-1]["role"] != "user":
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "the last of 'messages' must have role 'user'", request_id
+            )
+    else:
+        try:
+            prompt = _require_str(body, "prompt", required=True)
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, exc.message, request_id) from None
+        assert prompt is not None
+        if not prompt.strip():
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'prompt' must not be empty", request_id)
+        messages = [{"role": "user", "content": prompt}]
+    size = sum(_utf8_len(m["content"]) for m in messages)
+    if size > limits.max_prompt_bytes:
+        raise ProtocolError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"the prompt is {size} bytes; the limit is {limits.max_prompt_bytes}",
+            request_id,
+        )
+    return tuple(messages)
+
+
+def _send_message(body: Mapping[str, Any], limits: Limits, request_id: str) -> SendMessage:
+    messages = _messages(body, limits, request_id)
+    try:
+        model = _require_str(body, "model", required=False) or limits.default_model
+        conversation_id = _require_str(body, "conversationId", required=False)
+    except ProtocolError as exc:
+        raise ProtocolError(exc.code, exc.message, request_id) from None
+    if model not in limits.models:
+        raise ProtocolError(
+            ErrorCode.MODEL_NOT_ALLOWED,
+            f"model '{model[:64]}' is not allowed; choose one of {', '.join(limits.models)}",
+            request_id,
+        )
+    keep_open = body.get("keepOpen", False)
+    if not isinstance(keep_open, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'keepOpen' must be a boolean", request_id)
+    if conversation_id is not None and not REQUEST_ID_PATTERN.match(conversation_id):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "'conversationId' must be 1-128 characters of letters, digits or ._:=+/-",
+            request_id,
+        )
+    return SendMessage(request_id, messages, model, keep_open, conversation_id)
+
+
+def parse_client_message(
+    body: str | bytes | None, *, fallback_request_id: str, limits: Limits
+) -> ClientMessage:
+    """Validate one client message, or raise ProtocolError naming what is wrong."""
+    if body is None or body == "" or body == b"":
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "the message is empty", fallback_request_id)
+    size = len(body) if isinstance(body, bytes) else _utf8_len(body)
+    if size > limits.max_body_bytes:
+        raise ProtocolError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"the message is {size} bytes; the limit is {limits.max_body_bytes}",
+            fallback_request_id,
+        )
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "the message is not valid JSON", fallback_request_id
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"the message must be a JSON object, not {_json_type(parsed)}",
+            fallback_request_id,
+        )
+    request_id = _request_id(parsed, fallback_request_id)
+    action = parsed.get("action")
+    if action is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'action' is required", request_id)
+    if action == Action.SEND_MESSAGE.value:
+        return _send_message(parsed, limits, request_id)
+    if action == Action.CANCEL.value:
+        if "requestId" not in parsed:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'requestId' is required", request_id)
+        return Cancel(request_id)
+    if action == Action.RESUME.value:
+        if "requestId" not in parsed:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "'requestId' is required", request_id)
+        after = parsed.get("afterSeq", -1)
+        if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "'afterSeq' must be an integer >= -1", request_id
+            )
+        return Resume(request_id, after)
+    shown = action[:64] if isinstance(action, str) else _json_type(action)
+    known = ", ".join(a.value for a in Action)
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_ACTION, f"unknown action '{shown}'; expected one of {known}", request_id
+    )
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+_REQUEST_ID = {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern}
+_NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://github.com/lambda-llm-stream/protocol.schema.json",
+    "title": "lambda-llm-stream WebSocket protocol",
+    "$defs": {
+        "sendMessage": {
+            "type": "object",
+            "required": ["action"],
+            "properties": {
+                "action": {"const": "sendMessage"},
+                "requestId": _REQUEST_ID,
+                "prompt": {"type": "string", "minLength": 1},
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["role", "content"],
+                        "properties": {
+                            "role": {"enum": list(ROLES)},
+                            "content": {"type": "string", "minLength": 1},
+                        },
+                    },
+                },
+                "model": {"type": "string"},
+                "keepOpen": {"type": "boolean"},
+                "conversationId": _REQUEST_ID,
+            },
+            "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
+        },
+        "cancel": {
+            "type": "object",
+            "required": ["action", "requestId"],
+            "properties": {"action": {"const": "cancel"}, "requestId": _REQUEST_ID},
+        },
+        "resume": {
+            "type": "object",
+            "required": ["action", "requestId"],
+            "properties": {
+                "action": {"const": "resume"},
+                "requestId": _REQUEST_ID,
+                "afterSeq": {"type": "integer", "minimum": -1},
+            },
+        },
+        "clientMessage": {
+            "oneOf": [
+                {"$ref": "#/$defs/sendMessage"},
+                {"$ref": "#/$defs/cancel"},
+                {"$ref": "#/$defs/resume"},
+            ]
+        },
+        "accepted": {
+            "type": "object",
+            "required": ["type", "requestId"],
+            "properties": {"type": {"const": "accepted"}, "requestId": {"type": "string"}},
+            "additionalProperties": False,
+        },
+        "start": {
+            "type": "object",
+            "required": ["type", "requestId", "model"],
+            "properties": {
+                "type": {"const": "start"},
+                "requestId": {"type": "string"},
+                "model": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
+        "delta": {
+            "type": "object",
+            "required": ["type", "requestId", "seq", "text"],
+            "properties": {
+                "type": {"const": "delta"},
+                "requestId": {"type": "string"},
+                "seq": {"type": "integer", "minimum": 0},
+                "text": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
+        "end": {
+            "type": "object",
+            "required": ["type", "requestId", "finishReason", "usage"],
+            "properties": {
+                "type": {"const": "end"},
+                "requestId": {"type": "string"},
+                "finishReason": {"enum": [r.value for r in FinishReason]},
+                "usage": {
+                    "type": "object",
+                    "required": ["inputTokens", "outputTokens"],
+                    "properties": {"inputTokens": _NULLABLE_INT, "outputTokens": _NULLABLE_INT},
+                },
+            },
+            "additionalProperties": False,
+        },
+        "error": {
+            "type": "object",
+            "required": ["type", "requestId", "code", "message"],
+            "properties": {
+                "type": {"const": "error"},
+                "requestId": {"type": ["string", "null"]},
+                "code": {"enum": [c.value for c in ErrorCode]},
+                "message": {"type": "string", "minLength": 1},
+            },
+            "additionalProperties": False,
+        },
+        "serverFrame": {
+            "oneOf": [
+                {"$ref": "#/$defs/accepted"},
+                {"$ref": "#/$defs/start"},
+                {"$ref": "#/$defs/delta"},
+                {"$ref": "#/$defs/end"},
+                {"$ref": "#/$defs/error"},
+            ]
+        },
+    },
+}
+
+
+if __name__ == "__main__":  # python -m llmstream.protocol > docs/protocol.schema.json
+    print(json.dumps(SCHEMA, indent=2))

@@ -1,0 +1,111 @@
+"""Configuration read once from the environment that template.yaml sets.
+
+Every tunable lives here so that no handler digs in ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Mapping
+
+WEBSOCKET_FRAME_LIMIT = 32 * 1024
+"""API Gateway's WebSocket frame limit in bytes; a server frame never exceeds it."""
+
+MAX_CONNECTION_SECONDS = 2 * 60 * 60
+"""API Gateway closes every WebSocket connection after two hours."""
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Resources
+    connections_table: str = ""
+    prompt_topic_arn: str = ""
+    idempotency_table: str = ""
+    conversations_table: str = ""
+    frames_table: str = ""
+
+    # LLM
+    llm_provider: str = "openai"
+    llm_model: str = "gpt-4o-mini"
+    allowed_models: tuple[str, ...] = ()
+    llm_base_url: str = ""
+    llm_api_key_secret: str = ""
+    max_tokens: int = 1024
+    system_prompt: str = ""
+    llm_stall_timeout: float = 30.0
+    llm_retry_budget: float = 20.0
+
+    # Client input
+    max_prompt_bytes: int = 16 * 1024
+    max_messages: int = 50
+
+    # Streaming
+    management_endpoint_template: str = "https://{domainName}/{stage}"
+    min_frame_interval: float = 0.05
+    max_frame_bytes: int = WEBSOCKET_FRAME_LIMIT
+    deadline_margin: float = 10.0
+
+    # Connections
+    connection_ttl_seconds: int = MAX_CONNECTION_SECONDS
+
+    # Privacy
+    log_content: bool = False
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Models a client may ask for; the default model is always allowed."""
+        return (self.llm_model, *(m for m in self.allowed_models if m != self.llm_model))
+
+    def management_endpoint(self, domain_name: str, stage: str) -> str:
+        return self.management_endpoint_template.format(domainName=domain_name, stage=stage)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            connections_table=env.get("CONNECTIONS_TABLE", d.connections_table),
+            prompt_topic_arn=env.get("PROMPT_TOPIC_ARN", d.prompt_topic_arn),
+            idempotency_table=env.get("IDEMPOTENCY_TABLE", d.idempotency_table),
+            conversations_table=env.get("CONVERSATIONS_TABLE", d.conversations_table),
+            frames_table=env.get("FRAMES_TABLE", d.frames_table),
+            llm_provider=env.get("LLM_PROVIDER", d.llm_provider) or d.llm_provider,
+            llm_model=env.get("LLM_MODEL", d.llm_model) or d.llm_model,
+            allowed_models=_csv(env.get("ALLOWED_MODELS")),
+            llm_base_url=env.get("LLM_BASE_URL", d.llm_base_url),
+            llm_api_key_secret=env.get("LLM_API_KEY_SECRET", d.llm_api_key_secret),
+            max_tokens=int(env.get("MAX_TOKENS", d.max_tokens)),
+            system_prompt=env.get("SYSTEM_PROMPT", d.system_prompt),
+            llm_stall_timeout=float(env.get("LLM_STALL_TIMEOUT_SECONDS", d.llm_stall_timeout)),
+            llm_retry_budget=float(env.get("LLM_RETRY_BUDGET_SECONDS", d.llm_retry_budget)),
+            max_prompt_bytes=int(env.get("MAX_PROMPT_BYTES", d.max_prompt_bytes)),
+            max_messages=int(env.get("MAX_MESSAGES", d.max_messages)),
+            management_endpoint_template=env.get(
+                "MANAGEMENT_ENDPOINT_TEMPLATE", d.management_endpoint_template
+            )
+            or d.management_endpoint_template,
+            min_frame_interval=float(env.get("MIN_FRAME_INTERVAL_MS", d.min_frame_interval * 1000))
+            / 1000,
+            max_frame_bytes=int(env.get("MAX_FRAME_BYTES", d.max_frame_bytes)),
+            deadline_margin=float(env.get("DEADLINE_MARGIN_SECONDS", d.deadline_margin)),
+            connection_ttl_seconds=int(env.get("CONNECTION_TTL_SECONDS", d.connection_ttl_seconds)),
+            log_content=_bool(env.get("LOG_CONTENT"), d.log_content),
+        )
+
+
+@cache
+def get_settings() -> Settings:
+    """The container's settings, read once per cold start."""
+    return Settings.from_env()
