@@ -17,8 +17,6 @@ PROTOCOL_VERSION = 1
 
 class Action(str, Enum):
     SEND_MESSAGE = "sendMessage"
-    CANCEL = "cancel"
-    RESUME = "resume"
 
 
 class ErrorCode(str, Enum):
@@ -109,20 +107,7 @@ class SendMessage:
     action: Action = field(default=Action.SEND_MESSAGE, init=False)
 
 
-@dataclass(frozen=True)
-class Cancel:
-    request_id: str
-    action: Action = field(default=Action.CANCEL, init=False)
-
-
-@dataclass(frozen=True)
-class Resume:
-    request_id: str
-    after_seq: int
-    action: Action = field(default=Action.RESUME, init=False)
-
-
-ClientMessage = SendMessage | Cancel | Resume
+ClientMessage = SendMessage
 
 
 @dataclass(frozen=True)
@@ -303,19 +288,6 @@ def parse_client_message(
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'action' is required", request_id)
     if action == Action.SEND_MESSAGE.value:
         return _send_message(parsed, limits, request_id)
-    if action == Action.CANCEL.value:
-        if "requestId" not in parsed:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "'requestId' is required", request_id)
-        return Cancel(request_id)
-    if action == Action.RESUME.value:
-        if "requestId" not in parsed:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "'requestId' is required", request_id)
-        after = parsed.get("afterSeq", -1)
-        if isinstance(after, bool) or not isinstance(after, int) or after < -1:
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST, "'afterSeq' must be an integer >= -1", request_id
-            )
-        return Resume(request_id, after)
     shown = action[:64] if isinstance(action, str) else _json_type(action)
     known = ", ".join(a.value for a in Action)
     raise ProtocolError(
@@ -358,25 +330,9 @@ SCHEMA: dict[str, Any] = {
             },
             "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
         },
-        "cancel": {
-            "type": "object",
-            "required": ["action", "requestId"],
-            "properties": {"action": {"const": "cancel"}, "requestId": _REQUEST_ID},
-        },
-        "resume": {
-            "type": "object",
-            "required": ["action", "requestId"],
-            "properties": {
-                "action": {"const": "resume"},
-                "requestId": _REQUEST_ID,
-                "afterSeq": {"type": "integer", "minimum": -1},
-            },
-        },
         "clientMessage": {
             "oneOf": [
                 {"$ref": "#/$defs/sendMessage"},
-                {"$ref": "#/$defs/cancel"},
-                {"$ref": "#/$defs/resume"},
             ]
         },
         "accepted": {

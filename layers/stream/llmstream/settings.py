@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Mapping
 
+from .protocol import Limits
+
 WEBSOCKET_FRAME_LIMIT = 32 * 1024
 """API Gateway's WebSocket frame limit in bytes; a server frame never exceeds it."""
 
@@ -63,10 +65,14 @@ class Settings:
     # Privacy
     log_content: bool = False
 
-    @property
-    def models(self) -> tuple[str, ...]:
-        """Models a client may ask for; the default model is always allowed."""
-        return (self.llm_model, *(m for m in self.allowed_models if m != self.llm_model))
+    def limits(self) -> Limits:
+        """What a client may send to this deployment."""
+        return Limits(
+            max_prompt_bytes=self.max_prompt_bytes,
+            max_messages=self.max_messages,
+            default_model=self.llm_model,
+            allowed_models=self.allowed_models,
+        )
 
     def management_endpoint(self, domain_name: str, stage: str) -> str:
         return self.management_endpoint_template.format(domainName=domain_name, stage=stage)

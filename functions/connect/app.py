@@ -1,0 +1,29 @@
+"""$connect: record the new connection (with its authorized principal, if any) in DynamoDB."""
+
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
+from llmstream.clients import aws
+from llmstream.connections import add_connection
+from llmstream.observability import logger, tracer
+from llmstream.settings import get_settings
+
+settings = get_settings()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@event_source(data_class=APIGatewayProxyEvent)
+def lambda_handler(event: APIGatewayProxyEvent, context):
+    ctx = event.request_context
+    authorizer = event.raw_event["requestContext"].get("authorizer") or {}
+    logger.append_keys(connection_id=ctx.connection_id)
+    add_connection(
+        aws("dynamodb"),
+        settings.connections_table,
+        connection_id=ctx.connection_id,
+        connected_at_ms=int(event.raw_event["requestContext"]["connectedAt"]),
+        source_ip=ctx.identity.source_ip,
+        ttl_seconds=settings.connection_ttl_seconds,
+        principal_id=authorizer.get("principalId"),
+    )
+    logger.info("connected")
+    return {"statusCode": 200}

@@ -1,0 +1,20 @@
+"""$disconnect: forget the connection."""
+
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
+from llmstream.clients import aws
+from llmstream.connections import remove_connection
+from llmstream.observability import logger, tracer
+from llmstream.settings import get_settings
+
+settings = get_settings()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@event_source(data_class=APIGatewayProxyEvent)
+def lambda_handler(event: APIGatewayProxyEvent, context):
+    connection_id = event.request_context.connection_id
+    logger.append_keys(connection_id=connection_id)
+    remove_connection(aws("dynamodb"), settings.connections_table, connection_id)
+    logger.info("disconnected")
+    return {"statusCode": 200}

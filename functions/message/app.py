@@ -1,0 +1,54 @@
+"""sendMessage and $default: validate the client's message, queue it on SNS, answer at once.
+
+The answer goes back through the two-way route response: an `accepted` or an `error` frame.
+This function never imports the LLM client.
+"""
+
+import time
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
+from botocore.exceptions import BotoCoreError, ClientError
+from llmstream.clients import aws
+from llmstream.intake import Caller, accept_message, publish_prompt
+from llmstream.observability import logger, metrics, tracer
+from llmstream.protocol import ErrorCode, encode, error_frame
+from llmstream.settings import get_settings
+
+settings = get_settings()
+
+
+def _publish(envelope):
+    return publish_prompt(aws("sns"), settings.prompt_topic_arn, envelope)
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@event_source(data_class=APIGatewayProxyEvent)
+def lambda_handler(event: APIGatewayProxyEvent, context):
+    ctx = event.raw_event["requestContext"]
+    caller = Caller(
+        connection_id=ctx["connectionId"],
+        domain_name=ctx["domainName"],
+        stage=ctx["stage"],
+        request_id=ctx["requestId"],
+        principal_id=(ctx.get("authorizer") or {}).get("principalId"),
+    )
+    logger.append_keys(connection_id=caller.connection_id, route=ctx.get("routeKey"))
+    try:
+        frame = accept_message(
+            event.body, caller, settings, _publish, now_ms=int(time.time() * 1000)
+        )
+    except (BotoCoreError, ClientError):
+        logger.exception("could not queue the prompt")
+        frame = error_frame(
+            caller.request_id, ErrorCode.INTERNAL, "the request could not be queued; try again"
+        )
+    logger.append_keys(request_id=frame["requestId"])
+    if frame["type"] == "accepted":
+        metrics.add_metric(name="RequestsAccepted", unit=MetricUnit.Count, value=1)
+    else:
+        metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
+        logger.info("rejected", extra={"code": frame["code"]})
+    return {"statusCode": 200, "body": encode(frame).decode("utf-8")}

@@ -1,0 +1,66 @@
+"""What the message handler does: validate a client message and queue it as one SNS message.
+
+No LLM code is imported here, so the message function stays quick to cold-start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .envelope import PromptEnvelope
+from .protocol import ProtocolError, accepted_frame, parse_client_message
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent the message, from the WebSocket event's requestContext."""
+
+    connection_id: str
+    domain_name: str
+    stage: str
+    request_id: str
+    principal_id: str | None = None
+
+
+def accept_message(
+    body: str | None,
+    caller: Caller,
+    settings: Settings,
+    publish: Callable[[PromptEnvelope], Any],
+    now_ms: int,
+) -> dict[str, Any]:
+    """Return the frame to answer with: ``accepted`` once published, or an ``error``."""
+    try:
+        message = parse_client_message(
+            body, fallback_request_id=caller.request_id, limits=settings.limits()
+        )
+    except ProtocolError as exc:
+        return exc.frame(caller.request_id)
+    envelope = PromptEnvelope(
+        request_id=message.request_id,
+        connection_id=caller.connection_id,
+        domain_name=caller.domain_name,
+        stage=caller.stage,
+        messages=message.messages,
+        model=message.model,
+        provider=settings.llm_provider,
+        max_tokens=settings.max_tokens,
+        keep_open=message.keep_open,
+        conversation_id=message.conversation_id,
+        principal_id=caller.principal_id,
+        received_at=now_ms,
+    )
+    publish(envelope)
+    return accepted_frame(envelope.request_id)
+
+
+def publish_prompt(sns: Any, topic_arn: str, envelope: PromptEnvelope) -> str:
+    """Publish the envelope with attributes that subscription filter policies can match."""
+    response = sns.publish(
+        TopicArn=topic_arn,
+        Message=envelope.to_json(),
+        MessageAttributes=envelope.message_attributes(),
+    )
+    return str(response["MessageId"])

@@ -1,0 +1,46 @@
+"""Powertools Logger, Tracer and Metrics, created once per container and shared by the handlers.
+
+Names come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE, which the template sets.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+def record_stream_metrics(result) -> None:
+    """Metrics and one summary log line for a finished stream (no content, only numbers)."""
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    if result is None:
+        metrics.add_metric(name="MessagesIgnored", unit=MetricUnit.Count, value=1)
+        return
+    if result.time_to_first_token is not None:
+        metrics.add_metric(
+            name="TimeToFirstToken",
+            unit=MetricUnit.Milliseconds,
+            value=round(result.time_to_first_token * 1000, 1),
+        )
+    metrics.add_metric(name="Deltas", unit=MetricUnit.Count, value=result.send.deltas)
+    metrics.add_metric(name="Frames", unit=MetricUnit.Count, value=result.send.frames)
+    metrics.add_metric(name="OutputTokens", unit=MetricUnit.Count, value=result.output_tokens or 0)
+    metrics.add_metric(
+        name="StreamDuration", unit=MetricUnit.Milliseconds, value=round(result.duration * 1000, 1)
+    )
+    metrics.add_metric(name=f"Outcome_{result.outcome}", unit=MetricUnit.Count, value=1)
+    logger.info(
+        "stream finished",
+        extra={
+            "outcome": result.outcome,
+            "finish_reason": result.finish_reason,
+            "output_tokens": result.output_tokens,
+            "deltas": result.send.deltas,
+            "frames": result.send.frames,
+            "throttled": result.send.throttled,
+            "duration_ms": round(result.duration * 1000, 1),
+        },
+    )

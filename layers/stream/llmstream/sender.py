@@ -1,0 +1,218 @@
+"""Posts one stream's frames in order, one post in flight, batching deltas that arrive meanwhile.
+
+The LLM reader calls ``delta``/``send`` and never waits; a worker thread owns every post. While
+a post is in flight, deltas accumulate and leave together in the next frame, so delivery keeps
+pace with the LLM whatever the post latency, and the message count stays low.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .management import ConnectionGone, PostFailed, Throttled
+from .protocol import ErrorCode, delta_frame, encode, error_frame
+from .settings import WEBSOCKET_FRAME_LIMIT
+
+Post = Callable[[bytes], None]
+
+
+@dataclass
+class SendStats:
+    frames: int = 0
+    delta_frames: int = 0
+    deltas: int = 0
+    bytes: int = 0
+    throttled: int = 0
+    post_errors: int = 0
+    first_delta_at: float | None = None
+    """Clock time at which the first delta frame was posted."""
+
+
+def split_text(text: str, request_id: str, seq: int, max_frame_bytes: int) -> list[str]:
+    """Cut text into pieces whose delta frames, numbered from ``seq``, each fit in max_frame_bytes."""
+    pieces: list[str] = []
+    while text:
+        overhead = len(encode(delta_frame(request_id, seq + len(pieces), "")))
+        budget = max_frame_bytes - overhead
+        if budget <= 0:
+            raise ValueError("max_frame_bytes is too small for a delta frame")
+        piece = text.encode("utf-8")[:budget].decode("utf-8", errors="ignore") or text[0]
+        # JSON escaping can grow the text; shrink until the encoded frame fits.
+        while len(encode(delta_frame(request_id, seq + len(pieces), piece))) > max_frame_bytes:
+            piece = piece[: max(1, len(piece) * 3 // 4)]
+        pieces.append(piece)
+        text = text[len(piece) :]
+    return pieces
+
+
+class FrameSender:
+    """One stream's ordered, batched sender. Not reusable across streams."""
+
+    def __init__(
+        self,
+        post: Post,
+        request_id: str,
+        *,
+        min_interval: float = 0.05,
+        max_frame_bytes: int = WEBSOCKET_FRAME_LIMIT,
+        max_post_attempts: int = 3,
+        throttle_budget: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._post = post
+        self.request_id = request_id
+        self._min_interval = min_interval
+        self._max_frame_bytes = max_frame_bytes
+        self._max_post_attempts = max_post_attempts
+        self._throttle_budget = throttle_budget
+        self._clock = clock
+        self._sleep = sleep
+        self._queue: deque[tuple[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._seq = 0
+        self._last_delta_post: float | None = None
+        self._gone = threading.Event()
+        self._failed = threading.Event()
+        self.stats = SendStats()
+        self._worker = threading.Thread(target=self._run, name=f"sender-{request_id}", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ producer side
+
+    @property
+    def gone(self) -> bool:
+        """The client disconnected; stop producing."""
+        return self._gone.is_set()
+
+    @property
+    def failed(self) -> bool:
+        """Frames could not be delivered; stop producing."""
+        return self._failed.is_set()
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    def delta(self, text: str) -> None:
+        if not text:
+            return
+        with self._cond:
+            self.stats.deltas += 1
+            self._queue.append(("text", text))
+            self._cond.notify()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        """Queue a control frame (start, end, error) after everything queued before it."""
+        with self._cond:
+            self._queue.append(("frame", frame))
+            self._cond.notify()
+
+    def close(self, timeout: float | None = None) -> SendStats:
+        """Deliver everything queued, then stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._worker.join(timeout)
+        return self.stats
+
+    # ------------------------------------------------------------------ worker side
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            for data, is_delta in batch:
+                if not self._deliver(data):
+                    self._abandon()
+                    return
+                now = self._clock()
+                if is_delta:
+                    self._last_delta_post = now
+                    self.stats.delta_frames += 1
+                    if self.stats.first_delta_at is None:
+                        self.stats.first_delta_at = now
+
+    def _next_batch(self) -> list[tuple[bytes, bool]] | None:
+        """Wait for work; return the frames to post next, or None when closed and drained."""
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                kind, _ = self._queue[0]
+                if kind == "frame":
+                    _, frame = self._queue.popleft()
+                    return [(encode(frame), False)]
+                wait = self._interval_wait()
+                if wait > 0 and not self._closing and self._only_text_queued():
+                    self._cond.wait(wait)
+                    continue
+                text = []
+                while self._queue and self._queue[0][0] == "text":
+                    text.append(self._queue.popleft()[1])
+                pieces = split_text("".join(text), self.request_id, self._seq, self._max_frame_bytes)
+                frames = []
+                for piece in pieces:
+                    frames.append((encode(delta_frame(self.request_id, self._seq, piece)), True))
+                    self._seq += 1
+                return frames
+
+    def _only_text_queued(self) -> bool:
+        return all(kind == "text" for kind, _ in self._queue)
+
+    def _interval_wait(self) -> float:
+        if self._last_delta_post is None or self._min_interval <= 0:
+            return 0.0
+        return self._last_delta_post + self._min_interval - self._clock()
+
+    def _deliver(self, data: bytes) -> bool:
+        """Post one frame, retrying throttles in place; False when the stream must stop."""
+        attempts = 0
+        throttled_since: float | None = None
+        backoff = 0.05
+        while True:
+            try:
+                self._post(data)
+                self.stats.frames += 1
+                self.stats.bytes += len(data)
+                return True
+            except ConnectionGone:
+                self._gone.set()
+                return False
+            except Throttled:
+                self.stats.throttled += 1
+                now = self._clock()
+                throttled_since = throttled_since if throttled_since is not None else now
+                if now - throttled_since > self._throttle_budget:
+                    self._fail("API Gateway kept throttling the connection")
+                    return False
+            except PostFailed:
+                self.stats.post_errors += 1
+                attempts += 1
+                if attempts >= self._max_post_attempts:
+                    self._fail("part of the answer could not be delivered")
+                    return False
+            self._sleep(random.uniform(backoff / 2, backoff))
+            backoff = min(backoff * 2, 1.0)
+
+    def _fail(self, reason: str) -> None:
+        """Tell the client (best effort), then stop."""
+        self._failed.set()
+        try:
+            self._post(encode(error_frame(self.request_id, ErrorCode.INTERNAL, reason)))
+        except Exception:  # the client may be unreachable too; the outcome is already recorded
+            pass
+
+    def _abandon(self) -> None:
+        with self._cond:
+            self._queue.clear()

@@ -1,0 +1,149 @@
+"""Streams one prompt's answer to one connection: start, deltas, end (or error), then close.
+
+Plain logic: the provider, the sender and the clock come in as arguments, so tests drive it
+without AWS. The result says what happened; the handler turns it into logs and metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .envelope import PromptEnvelope
+from .llm import ChunkStream, LLMError, LLMTimeout, Provider, retry_before_first_token
+from .protocol import ErrorCode, FinishReason, end_frame, error_frame, start_frame
+from .sender import FrameSender, SendStats
+
+
+class Outcome:
+    COMPLETED = "completed"
+    GONE = "client_gone"
+    LLM_ERROR = "llm_error"
+    TIMEOUT = "timeout"
+    DELIVERY_FAILED = "delivery_failed"
+
+
+@dataclass
+class StreamResult:
+    outcome: str
+    finish_reason: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    started_at: float
+    first_token_at: float | None
+    finished_at: float
+    send: SendStats
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started_at
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    read_timeout: float = 30.0
+    """A model that sends nothing for this long is stalled."""
+    retry_budget: float = 20.0
+    """Time allowed for retrying a failed request before the first token."""
+    deadline_margin: float = 10.0
+    """Stop with a timeout frame when less than this is left of the invocation."""
+
+
+def normalise_finish_reason(reason: str | None) -> str:
+    """Map a vendor's finish reason onto the protocol's; anything unknown counts as a stop."""
+    known = {r.value for r in FinishReason}
+    return reason if reason in known else FinishReason.STOP.value
+
+
+def build_messages(envelope: PromptEnvelope, system_prompt: str) -> list[dict[str, str]]:
+    """The server's system prompt first; clients cannot send one of their own."""
+    messages = [dict(m) for m in envelope.messages]
+    return [{"role": "system", "content": system_prompt}, *messages] if system_prompt else messages
+
+
+def stream_answer(
+    envelope: PromptEnvelope,
+    provider: Provider,
+    sender: FrameSender,
+    *,
+    system_prompt: str = "",
+    limits: StreamLimits = StreamLimits(),
+    remaining_time: Callable[[], float] = lambda: float("inf"),
+    clock: Callable[[], float] = time.monotonic,
+) -> StreamResult:
+    rid = envelope.request_id
+    started = clock()
+    first_token_at: float | None = None
+    finish_reason: str | None = None
+    input_tokens = output_tokens = None
+    outcome = Outcome.COMPLETED
+    stream: ChunkStream | None = None
+
+    def fail(code: ErrorCode, message: str, result: str) -> str:
+        sender.send(error_frame(rid, code, message))
+        return result
+
+    sender.send(start_frame(rid, envelope.model))
+    try:
+        budget = max(0.0, min(limits.retry_budget, remaining_time() - limits.deadline_margin))
+        read_timeout = max(1.0, min(limits.read_timeout, remaining_time() - limits.deadline_margin))
+        stream = retry_before_first_token(
+            lambda: provider.stream(
+                build_messages(envelope, system_prompt),
+                model=envelope.model,
+                max_tokens=envelope.max_tokens,
+                read_timeout=read_timeout,
+            ),
+            budget=budget,
+        )
+        for chunk in stream:
+            if sender.gone:
+                outcome = Outcome.GONE
+                break
+            if sender.failed:
+                outcome = Outcome.DELIVERY_FAILED
+                break
+            if chunk.text:
+                if first_token_at is None:
+                    first_token_at = clock()
+                sender.delta(chunk.text)
+            finish_reason = chunk.finish_reason or finish_reason
+            input_tokens = chunk.input_tokens if chunk.input_tokens is not None else input_tokens
+            output_tokens = chunk.output_tokens if chunk.output_tokens is not None else output_tokens
+            if remaining_time() < limits.deadline_margin:
+                outcome = fail(
+                    ErrorCode.TIMEOUT,
+                    "the answer was cut short: the function's time limit is near",
+                    Outcome.TIMEOUT,
+                )
+                break
+    except LLMTimeout as exc:
+        outcome = fail(ErrorCode.TIMEOUT, exc.message, Outcome.TIMEOUT)
+    except LLMError as exc:
+        outcome = fail(ErrorCode.LLM_ERROR, exc.message, Outcome.LLM_ERROR)
+    finally:
+        if stream is not None:
+            stream.close()
+
+    if outcome == Outcome.COMPLETED:
+        sender.send(
+            end_frame(rid, normalise_finish_reason(finish_reason), input_tokens, output_tokens)
+        )
+    stats = sender.close()
+    if outcome == Outcome.COMPLETED and (sender.gone or sender.failed):
+        outcome = Outcome.GONE if sender.gone else Outcome.DELIVERY_FAILED
+    return StreamResult(
+        outcome=outcome,
+        finish_reason=finish_reason,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        started_at=started,
+        first_token_at=first_token_at,
+        finished_at=clock(),
+        send=stats,
+    )

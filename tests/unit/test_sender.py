@@ -1,0 +1,180 @@
+"""The batching sender: order, gapless seq, frame size, one post in flight, and post faults."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from llmstream.management import ConnectionGone, PostFailed, Throttled
+from llmstream.protocol import start_frame
+from llmstream.sender import FrameSender, split_text
+
+
+class Recorder:
+    """A post function that records frames, can be slow, and can fail on chosen calls."""
+
+    def __init__(self, delay: float = 0.0, failures: dict[int, Exception] | None = None):
+        self.delay = delay
+        self.failures = failures or {}
+        self.frames: list[dict] = []
+        self.raw: list[bytes] = []
+        self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.posted = threading.Condition(self.lock)
+
+    def __call__(self, data: bytes) -> None:
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            if call in self.failures:
+                raise self.failures[call]
+            with self.lock:
+                self.raw.append(data)
+                self.frames.append(json.loads(data))
+                self.posted.notify_all()
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def wait_for_frames(self, n: int, timeout: float = 5.0) -> None:
+        with self.posted:
+            assert self.posted.wait_for(lambda: len(self.frames) >= n, timeout)
+
+    def deltas(self) -> list[dict]:
+        return [f for f in self.frames if f["type"] == "delta"]
+
+
+def no_sleep(_seconds: float) -> None:
+    pass
+
+
+def test_all_text_arrives_in_order_with_gapless_seq_and_fewer_frames_than_deltas():
+    post = Recorder(delay=0.01)
+    sender = FrameSender(post, "r1", min_interval=0)
+    sender.send(start_frame("r1", "m"))
+    tokens = [f"t{i} " for i in range(200)]
+    for token in tokens:
+        sender.delta(token)
+    stats = sender.close()
+    deltas = post.deltas()
+    assert "".join(d["text"] for d in deltas) == "".join(tokens)
+    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert post.frames[0]["type"] == "start"
+    assert len(deltas) < len(tokens) / 4, "deltas queued during a slow post must share a frame"
+    assert stats.deltas == 200 and stats.delta_frames == len(deltas)
+
+
+def test_at_most_one_post_is_in_flight():
+    post = Recorder(delay=0.002)
+    sender = FrameSender(post, "r1", min_interval=0)
+    for i in range(100):
+        sender.delta(f"t{i} ")
+    sender.close()
+    assert post.max_in_flight == 1
+
+
+def test_the_first_delta_goes_out_at_once_and_later_ones_wait_for_the_minimum_interval():
+    post = Recorder()
+    sender = FrameSender(post, "r1", min_interval=60.0)
+    sender.delta("a")
+    post.wait_for_frames(1)  # would time out if the first delta waited for the interval
+    sender.delta("b")
+    sender.delta("c")
+    sender.close()  # closing flushes what the interval held back, in one frame
+    assert [d["text"] for d in post.deltas()] == ["a", "bc"]
+
+
+def test_a_control_frame_flushes_held_text_before_it():
+    post = Recorder()
+    sender = FrameSender(post, "r1", min_interval=60.0)
+    sender.delta("a")
+    post.wait_for_frames(1)
+    sender.delta("b")
+    sender.send({"type": "end", "requestId": "r1"})
+    post.wait_for_frames(3)
+    assert [f.get("text", f["type"]) for f in post.frames] == ["a", "b", "end"]
+    sender.close()
+
+
+@pytest.mark.parametrize("char", ["x", "é", "😀", '"', "\n", "\x01"])
+def test_no_frame_exceeds_the_frame_limit_and_split_text_reassembles_exactly(char):
+    post = Recorder()
+    sender = FrameSender(post, "r1", min_interval=0, max_frame_bytes=1024)
+    text = char * 5000
+    sender.delta(text)
+    sender.close()
+    assert all(len(raw) <= 1024 for raw in post.raw)
+    assert "".join(d["text"] for d in post.deltas()) == text
+    assert [d["seq"] for d in post.deltas()] == list(range(len(post.deltas())))
+
+
+def test_a_100_kb_answer_is_never_posted_as_one_32_kb_frame():
+    post = Recorder()
+    sender = FrameSender(post, "r1", min_interval=0)
+    sender.delta("y" * 100_000)
+    sender.close()
+    assert len(post.deltas()) >= 4
+    assert max(len(raw) for raw in post.raw) <= 32 * 1024
+
+
+def test_split_text_numbers_each_piece_for_its_own_seq():
+    pieces = split_text("z" * 300, "r", 8, 120)
+    assert "".join(pieces) == "z" * 300 and len(pieces) > 2
+
+
+def test_a_gone_connection_stops_all_posting():
+    post = Recorder(failures={2: ConnectionGone()})
+    sender = FrameSender(post, "r1", min_interval=0)
+    sender.send(start_frame("r1", "m"))
+    post.wait_for_frames(1)
+    sender.delta("lost")
+    sender.close()
+    assert sender.gone
+    assert post.calls == 2 and [f["type"] for f in post.frames] == ["start"]
+
+
+def test_throttled_posts_are_retried_without_loss_duplication_or_reordering():
+    post = Recorder(failures={2: Throttled(), 3: Throttled(), 5: Throttled()})
+    sender = FrameSender(post, "r1", min_interval=0, sleep=no_sleep)
+    tokens = [f"t{i} " for i in range(50)]
+    for token in tokens:
+        sender.delta(token)
+        time.sleep(0.0005)
+    stats = sender.close()
+    deltas = post.deltas()
+    assert "".join(d["text"] for d in deltas) == "".join(tokens)
+    assert [d["seq"] for d in deltas] == list(range(len(deltas)))
+    assert stats.throttled == 3 and not sender.failed
+
+
+def test_an_unexpected_post_error_is_retried_a_bounded_number_of_times_then_reported():
+    post = Recorder(failures={1: PostFailed("x"), 2: PostFailed("x"), 3: PostFailed("x")})
+    sender = FrameSender(post, "r1", min_interval=0, max_post_attempts=3, sleep=no_sleep)
+    sender.delta("hello")
+    sender.close()
+    assert sender.failed
+    assert post.frames == [
+        {
+            "type": "error",
+            "requestId": "r1",
+            "code": "internal",
+            "message": "part of the answer could not be delivered",
+        }
+    ]
+
+
+def test_a_transient_post_error_is_retried_and_nothing_is_lost():
+    post = Recorder(failures={1: PostFailed("x")})
+    sender = FrameSender(post, "r1", min_interval=0, sleep=no_sleep)
+    sender.delta("hello")
+    sender.close()
+    assert not sender.failed and [d["text"] for d in post.deltas()] == ["hello"]
