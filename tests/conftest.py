@@ -74,3 +74,21 @@ def load_handler(function: str, env: dict[str, str] | None = None) -> ModuleType
 @pytest.fixture
 def lambda_context() -> LambdaContext:
     return LambdaContext()
+
+
+@pytest.fixture
+def logs() -> Any:
+    """Everything the handlers log during the test, as Powertools formats it (JSON lines)."""
+    import io
+    import logging
+
+    from llmstream.observability import logger
+
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logger.registered_formatter)
+    logger._logger.addHandler(handler)
+    try:
+        yield buffer
+    finally:
+        logger._logger.removeHandler(handler)

@@ -8,11 +8,10 @@ import time
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
-from botocore.exceptions import BotoCoreError, ClientError
 from llmstream.clients import aws
 from llmstream.intake import Caller, accept_message, publish_prompt
 from llmstream.observability import logger, metrics, tracer
-from llmstream.protocol import ErrorCode, encode, error_frame
+from llmstream.protocol import encode
 from llmstream.settings import get_settings
 
 settings = get_settings()
@@ -36,18 +35,11 @@ def lambda_handler(event: APIGatewayProxyEvent, context):
         principal_id=(ctx.get("authorizer") or {}).get("principalId"),
     )
     logger.append_keys(connection_id=caller.connection_id, route=ctx.get("routeKey"))
-    try:
-        frame = accept_message(
-            event.body, caller, settings, _publish, now_ms=int(time.time() * 1000)
-        )
-    except (BotoCoreError, ClientError):
-        logger.exception("could not queue the prompt")
-        frame = error_frame(
-            caller.request_id, ErrorCode.INTERNAL, "the request could not be queued; try again"
-        )
+    frame = accept_message(event.body, caller, settings, _publish, now_ms=int(time.time() * 1000))
     logger.append_keys(request_id=frame["requestId"])
     if frame["type"] == "accepted":
         metrics.add_metric(name="RequestsAccepted", unit=MetricUnit.Count, value=1)
+        logger.info("accepted")
     else:
         metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
         logger.info("rejected", extra={"code": frame["code"]})

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .envelope import PromptEnvelope
-from .protocol import ProtocolError, accepted_frame, parse_client_message
+from .observability import logger
+from .protocol import (
+    ErrorCode,
+    ProtocolError,
+    accepted_frame,
+    error_frame,
+    parse_client_message,
+)
 from .settings import Settings
 
 
@@ -52,7 +59,13 @@ def accept_message(
         principal_id=caller.principal_id,
         received_at=now_ms,
     )
-    publish(envelope)
+    try:
+        publish(envelope)
+    except Exception:  # SNS unreachable or refusing: the client must hear of it, with its id
+        logger.exception("could not queue the prompt")
+        return error_frame(
+            envelope.request_id, ErrorCode.INTERNAL, "the request could not be queued; try again"
+        )
     return accepted_frame(envelope.request_id)
 
 

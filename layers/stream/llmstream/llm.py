@@ -122,7 +122,6 @@ class OpenAIProvider:
     def stream(
         self, messages: list[dict[str, str]], *, model: str, max_tokens: int, read_timeout: float
     ) -> ChunkStream:
-        import httpx
         import openai
 
         try:
@@ -132,7 +131,7 @@ class OpenAIProvider:
                 max_tokens=max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
-                timeout=httpx.Timeout(read_timeout, connect=5.0),
+                timeout=openai.Timeout(read_timeout, connect=5.0),
             )
         except openai.APITimeoutError:
             raise LLMTimeout("the model did not answer in time", retryable=True) from None

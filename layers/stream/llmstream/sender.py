@@ -77,7 +77,7 @@ class FrameSender:
         self._cond = threading.Condition()
         self._closing = False
         self._seq = 0
-        self._last_delta_post: float | None = None
+        self._last_delta_start: float | None = None
         self._gone = threading.Event()
         self._failed = threading.Event()
         self.stats = SendStats()
@@ -126,22 +126,35 @@ class FrameSender:
 
     def _run(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            work = self._next_work()
+            if work is None:
                 return
-            for data, is_delta in batch:
+            kind, payload = work
+            if kind == "frame":
+                if not self._deliver(encode(payload)):
+                    self._abandon()
+                    return
+                continue
+            # Built outside the lock, so the reader never waits on JSON encoding or splitting.
+            pieces = split_text(payload, self.request_id, self._seq, self._max_frame_bytes)
+            for piece in pieces:
+                data = encode(delta_frame(self.request_id, self._seq, piece))
+                self._seq += 1
+                self._last_delta_start = self._clock()
                 if not self._deliver(data):
                     self._abandon()
                     return
-                now = self._clock()
-                if is_delta:
-                    self._last_delta_post = now
-                    self.stats.delta_frames += 1
-                    if self.stats.first_delta_at is None:
-                        self.stats.first_delta_at = now
+                self.stats.delta_frames += 1
+                if self.stats.first_delta_at is None:
+                    self.stats.first_delta_at = self._clock()
 
-    def _next_batch(self) -> list[tuple[bytes, bool]] | None:
-        """Wait for work; return the frames to post next, or None when closed and drained."""
+    def _next_work(self) -> tuple[str, Any] | None:
+        """Wait for work: a control frame, or all the text queued before the next control frame.
+
+        Text waits only for the minimum interval since the last delta frame *started*, so a
+        post slower than the interval is followed at once by the next frame: frames go out every
+        max(post round trip, min_interval), and never faster.
+        """
         with self._cond:
             while True:
                 if not self._queue:
@@ -151,8 +164,7 @@ class FrameSender:
                     continue
                 kind, _ = self._queue[0]
                 if kind == "frame":
-                    _, frame = self._queue.popleft()
-                    return [(encode(frame), False)]
+                    return self._queue.popleft()
                 wait = self._interval_wait()
                 if wait > 0 and not self._closing and self._only_text_queued():
                     self._cond.wait(wait)
@@ -160,20 +172,15 @@ class FrameSender:
                 text = []
                 while self._queue and self._queue[0][0] == "text":
                     text.append(self._queue.popleft()[1])
-                pieces = split_text("".join(text), self.request_id, self._seq, self._max_frame_bytes)
-                frames = []
-                for piece in pieces:
-                    frames.append((encode(delta_frame(self.request_id, self._seq, piece)), True))
-                    self._seq += 1
-                return frames
+                return "text", "".join(text)
 
     def _only_text_queued(self) -> bool:
         return all(kind == "text" for kind, _ in self._queue)
 
     def _interval_wait(self) -> float:
-        if self._last_delta_post is None or self._min_interval <= 0:
+        if self._last_delta_start is None or self._min_interval <= 0:
             return 0.0
-        return self._last_delta_post + self._min_interval - self._clock()
+        return self._last_delta_start + self._min_interval - self._clock()
 
     def _deliver(self, data: bytes) -> bool:
         """Post one frame, retrying throttles in place; False when the stream must stop."""

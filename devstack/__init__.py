@@ -1,0 +1,1 @@
+"""The local stack: WebSocket gateway, SNS, mock LLM and chat page on this machine, no Docker."""

@@ -1,0 +1,79 @@
+"""Unit fixtures: moto-backed AWS resources shaped like template.yaml's, and the mock LLM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from devstack.mock_llm import MockLLM
+
+API_DOMAIN = "abc123def4.execute-api.us-east-1.amazonaws.com"
+SECRET_NAME = "llm-stream/openai-api-key"
+
+
+@dataclass
+class Aws:
+    dynamodb: Any
+    sns: Any
+    sqs: Any
+    table: str
+    topic_arn: str
+    queue_url: str
+
+    def published(self) -> list[dict[str, Any]]:
+        """SNS notifications delivered to the test queue subscribed to the prompt topic."""
+        out = []
+        while True:
+            batch = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not batch:
+                return out
+            for message in batch:
+                out.append(json.loads(message["Body"]))
+                self.sqs.delete_message(
+                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
+                )
+
+
+@pytest.fixture(scope="session")
+def mock_llm() -> Iterator[MockLLM]:
+    with MockLLM() as llm:
+        yield llm
+
+
+@pytest.fixture
+def aws(monkeypatch) -> Iterator[Aws]:
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb")
+        dynamodb.create_table(
+            TableName="connections",
+            KeySchema=[{"AttributeName": "connectionId", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "connectionId", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        sns = boto3.client("sns")
+        topic_arn = sns.create_topic(Name="prompts")["TopicArn"]
+        sqs = boto3.client("sqs")
+        queue_url = sqs.create_queue(QueueName="published")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        boto3.client("secretsmanager").create_secret(Name=SECRET_NAME, SecretString="sk-test")
+        for key, value in {
+            "CONNECTIONS_TABLE": "connections",
+            "PROMPT_TOPIC_ARN": topic_arn,
+            "LLM_API_KEY_SECRET": SECRET_NAME,
+            "LLM_MODEL": "gpt-4o-mini",
+            "ALLOWED_MODELS": "gpt-4o-mini,gpt-4o",
+            "SYSTEM_PROMPT": "You are a concise assistant.",
+        }.items():
+            monkeypatch.setenv(key, value)
+        yield Aws(dynamodb, sns, sqs, "connections", topic_arn, queue_url)

@@ -1,0 +1,167 @@
+"""The stream function end to end in one process: SNS event → mock LLM (real SSE) → moto's
+Management API, plus botocore's Stubber where moto cannot fake a fault (a gone client)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote, unquote
+
+import pytest
+from botocore.stub import Stubber
+from moto.apigatewaymanagementapi.models import (
+    ApiGatewayManagementApiBackend,
+    apigatewaymanagementapi_backends,
+)
+
+from tests.conftest import load_event, load_handler
+
+
+@pytest.fixture
+def stream_env(aws, mock_llm, monkeypatch):
+    monkeypatch.setenv("LLM_BASE_URL", mock_llm.base_url)
+    monkeypatch.setenv("MIN_FRAME_INTERVAL_MS", "0")
+    mock_llm.reset()
+    return aws
+
+
+@pytest.fixture
+def closed(monkeypatch) -> list[str]:
+    """moto forgets a connection's data on DeleteConnection; keep it and record the close."""
+    deleted: list[str] = []
+    monkeypatch.setattr(
+        ApiGatewayManagementApiBackend,
+        "delete_connection",
+        lambda self, connection_id: deleted.append(unquote(connection_id)),
+    )
+    return deleted
+
+
+def sns_event(prompt: str | None = None, **changes) -> dict:
+    event = load_event("stream-sns.json")
+    document = json.loads(event["Records"][0]["Sns"]["Message"])
+    if prompt is not None:
+        document["messages"] = [{"role": "user", "content": prompt}]
+    document.update(changes)
+    event["Records"][0]["Sns"]["Message"] = json.dumps(document)
+    return event
+
+
+def envelope(event: dict) -> dict:
+    return json.loads(event["Records"][0]["Sns"]["Message"])
+
+
+def frames_posted(connection_id: str) -> list[dict]:
+    # moto keys connections by the id as it appears in the URL path
+    connections = apigatewaymanagementapi_backends["123456789012"]["us-east-1"].connections
+    data = connections[quote(connection_id, safe="")].data.decode()
+    decoder, frames, i = json.JSONDecoder(), [], 0
+    while i < len(data):
+        frame, i = decoder.raw_decode(data, i)
+        frames.append(frame)
+    return frames
+
+
+def deltas_text(frames: list[dict]) -> str:
+    return "".join(f["text"] for f in frames if f["type"] == "delta")
+
+
+def run(event, context):
+    return load_handler("stream").lambda_handler(event, context)
+
+
+def test_a_streamed_answer_arrives_as_start_deltas_and_end_then_the_connection_closes(
+    stream_env, closed, lambda_context
+):
+    event = sns_event("Tell me.\n#mock tokens=25 rate=0 first_token_delay=0")
+    doc = envelope(event)
+    run(event, lambda_context)
+    frames = frames_posted(doc["connectionId"])
+    assert frames[0] == {"type": "start", "requestId": doc["requestId"], "model": doc["model"]}
+    assert deltas_text(frames) == "".join(f"t{i} " for i in range(25))
+    seqs = [f["seq"] for f in frames if f["type"] == "delta"]
+    assert seqs == list(range(len(seqs)))
+    assert frames[-1]["type"] == "end" and frames[-1]["finishReason"] == "stop"
+    assert frames[-1]["usage"]["outputTokens"] == 25 and frames[-1]["usage"]["inputTokens"] > 0
+    assert all(f["requestId"] == doc["requestId"] for f in frames)
+    assert closed == [doc["connectionId"]]
+
+
+def test_the_server_system_prompt_and_stream_usage_are_requested(stream_env, closed, mock_llm, lambda_context):
+    run(sns_event("hello\n#mock tokens=2 rate=0"), lambda_context)
+    body = mock_llm.requests[-1].body
+    assert body["messages"][0] == {"role": "system", "content": "You are a concise assistant."}
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 1024
+
+
+def test_an_llm_error_mid_stream_becomes_an_llm_error_frame_and_a_clean_close(
+    stream_env, closed, lambda_context
+):
+    event = sns_event("#mock tokens=10 fail_after=3 rate=0")
+    doc = envelope(event)
+    run(event, lambda_context)  # does not raise: a retry would stream the answer again
+    frames = frames_posted(doc["connectionId"])
+    assert deltas_text(frames) == "t0 t1 t2 "
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "llm_error"
+    assert closed == [doc["connectionId"]]
+
+
+def test_an_llm_error_before_the_first_token_becomes_an_error_frame(
+    stream_env, closed, lambda_context, monkeypatch
+):
+    monkeypatch.setenv("LLM_RETRY_BUDGET_SECONDS", "0")
+    event = sns_event("#mock status=400")
+    doc = envelope(event)
+    run(event, lambda_context)
+    frames = frames_posted(doc["connectionId"])
+    assert [f["type"] for f in frames] == ["start", "error"]
+    assert frames[-1]["code"] == "llm_error" and "HTTP 400" in frames[-1]["message"]
+
+
+def test_a_client_gone_mid_stream_stops_the_llm_at_once_and_the_invocation_succeeds(
+    stream_env, mock_llm, lambda_context
+):
+    handler = load_handler("stream")
+    event = sns_event("#mock tokens=500 rate=100 first_token_delay=0")
+    doc = envelope(event)
+    from llmstream.management import management_client
+
+    client = management_client(f"https://{doc['domainName']}/{doc['stage']}")
+    with Stubber(client) as stub:
+        stub.add_response("post_to_connection", {})  # start
+        stub.add_client_error("post_to_connection", "GoneException", http_status_code=410)
+        handler.lambda_handler(event, lambda_context)
+        stub.assert_no_pending_responses()  # and no DeleteConnection was attempted
+    record = mock_llm.wait_for(lambda: mock_llm.requests[-1].client_closed and mock_llm.requests[-1])
+    assert record.tokens_sent < 500 and not record.completed
+
+
+def test_a_malformed_sns_message_is_ignored_and_logged_without_its_content(
+    stream_env, closed, lambda_context, logs
+):
+    event = load_event("stream-sns.json")
+    event["Records"][0]["Sns"]["Message"] = json.dumps(
+        {"version": 99, "messages": [{"role": "user", "content": "SECRET PROMPT"}]}
+    )
+    run(event, lambda_context)
+    out = logs.getvalue()
+    assert "ignoring a malformed prompt message" in out and "SECRET PROMPT" not in out
+    assert closed == []
+
+
+def test_prompts_and_keys_stay_out_of_the_logs_by_default(stream_env, closed, lambda_context, logs):
+    run(sns_event("my private question\n#mock tokens=3 rate=0"), lambda_context)
+    out = logs.getvalue()
+    assert "stream finished" in out
+    assert "my private question" not in out and "sk-test" not in out
+
+
+def test_a_deadline_near_the_margin_ends_with_a_timeout_frame(stream_env, closed, monkeypatch):
+    from tests.conftest import LambdaContext
+
+    monkeypatch.setenv("DEADLINE_MARGIN_SECONDS", "10")
+    event = sns_event("#mock tokens=50 rate=0")
+    doc = envelope(event)
+    run(event, LambdaContext(remaining_ms=9_000))
+    frames = frames_posted(doc["connectionId"])
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "timeout"
