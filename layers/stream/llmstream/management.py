@@ -75,7 +75,7 @@ def management_client(endpoint_url: str) -> Any:
         "apigatewaymanagementapi",
         endpoint_url=endpoint_url,
         config=Config(
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=3,
             read_timeout=10,
             tcp_keepalive=True,
