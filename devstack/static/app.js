@@ -1,0 +1,335 @@
+// The chat page: sends each prompt to the llm-stream WebSocket API as one `sendMessage` and
+// renders the answer's frames (accepted/start/delta/end/error, see docs/protocol.md) as they
+// arrive. The server closes the socket after every answer, so a socket serves one request and
+// the next send opens a fresh one.
+
+const CONNECT_TIMEOUT_MS = 10_000;
+const RETRY_DELAYS_MS = [500, 1000, 2000]; // backoff between connection attempts for one send
+
+const STATE_LABELS = {
+  idle: "Not connected (connects when you send)",
+  connecting: "Connecting…",
+  open: "Connected",
+  error: "Cannot connect",
+};
+
+const $ = (selector) => document.querySelector(selector);
+const ui = {
+  url: $("#ws-url"),
+  state: $("#conn-state"),
+  form: $("#composer"),
+  prompt: $("#prompt"),
+  send: $("#send"),
+  transcript: $("#transcript"),
+  hint: $("#hint"),
+};
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A fresh requestId; matches the protocol's ^[A-Za-z0-9._:=+/-]{1,128}$. */
+function newRequestId() {
+  if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts (https, localhost)
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The client → server message for one prompt. A model picker would add `model` here. */
+function sendMessage(requestId, prompt) {
+  return { action: "sendMessage", requestId, prompt };
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Keep the newest text in view, unless the reader has scrolled up to read something. */
+function follow(update) {
+  const t = ui.transcript;
+  const atBottom = t.scrollHeight - t.scrollTop - t.clientHeight < 48;
+  update();
+  if (atBottom) t.scrollTop = t.scrollHeight;
+}
+
+/** One prompt and its answer bubble: applies the server's frames for one requestId. */
+class Turn {
+  constructor(prompt) {
+    this.requestId = newRequestId();
+    this.nextSeq = 0;
+    this.done = false;
+
+    const question = element("article", "message user");
+    question.append(element("div", "text", prompt));
+
+    this.bubble = element("article", "message assistant");
+    this.bubble.dataset.requestId = this.requestId;
+    this.meta = element("div", "meta");
+    this.meta.title = `requestId ${this.requestId}`;
+    this.text = element("div", "text");
+    this.bubble.append(this.meta, this.text);
+    this.setStatus("sending");
+
+    ui.transcript.querySelector(".empty")?.remove();
+    follow(() => ui.transcript.append(question, this.bubble));
+  }
+
+  setStatus(status) {
+    this.bubble.dataset.status = status; // sending, accepted, streaming, done, error
+    this.bubble.setAttribute("aria-busy", String(!this.done));
+  }
+
+  notice(kind, ...content) {
+    const note = element("p", `notice ${kind}`);
+    if (kind === "error") note.setAttribute("role", "alert");
+    note.append(...content);
+    follow(() => this.bubble.append(note));
+    return note;
+  }
+
+  apply(frame) {
+    if (this.done) return; // nothing follows `end` or `error`
+    switch (frame.type) {
+      case "accepted":
+        this.setStatus("accepted");
+        break;
+      case "start":
+        this.meta.textContent = frame.model ?? "";
+        this.setStatus("streaming");
+        break;
+      case "delta":
+        this.delta(frame.seq, frame.text ?? "");
+        break;
+      case "end":
+        this.finish("done");
+        this.usage(frame.usage, frame.finishReason);
+        break;
+      case "error":
+        this.fail(frame.message ?? "", frame.code);
+        break;
+      default:
+        break; // a frame type this page does not know yet
+    }
+  }
+
+  delta(seq, text) {
+    if (!Number.isInteger(seq) || seq < this.nextSeq) return; // malformed, or a repeat
+    if (seq > this.nextSeq) {
+      const missing = seq - 1 > this.nextSeq ? `${this.nextSeq}–${seq - 1}` : `${this.nextSeq}`;
+      this.notice("warning", `Missing part of the answer (delta seq ${missing}).`);
+    }
+    this.nextSeq = seq + 1;
+    this.setStatus("streaming");
+    follow(() => this.text.append(text));
+  }
+
+  usage(usage, finishReason) {
+    const parts = [];
+    if (usage?.inputTokens != null) parts.push(`${usage.inputTokens} in`);
+    if (usage?.outputTokens != null) parts.push(`${usage.outputTokens} out`);
+    if (parts.length) parts[0] = `tokens: ${parts[0]}`;
+    if (finishReason && finishReason !== "stop") parts.push(`finished: ${finishReason}`);
+    if (!parts.length) return;
+    follow(() => this.bubble.append(element("footer", "usage", parts.join(" · "))));
+  }
+
+  /** An error frame (with its code), or a failure on this side (without one). */
+  fail(message, code) {
+    if (this.done) return;
+    this.finish("error");
+    const content = code ? [element("strong", "code", code), `: ${message}`] : [message];
+    this.notice("error", ...content);
+  }
+
+  finish(status) {
+    this.done = true;
+    this.setStatus(status);
+  }
+}
+
+/** One WebSocket at a time. `open()` gives a socket that has not carried a request yet. */
+class Connection {
+  constructor({ onFrame, onClose }) {
+    this.ws = null;
+    this.opening = null; // the promise of this.ws opening
+    this.used = false;
+    this.onFrame = onFrame;
+    this.onClose = onClose;
+  }
+
+  setState(state, detail) {
+    ui.state.dataset.state = state;
+    ui.state.querySelector(".label").textContent = detail
+      ? `${STATE_LABELS[state]}: ${detail}`
+      : STATE_LABELS[state];
+  }
+
+  /** A fresh open socket, trying a few times with backoff; throws if none can be opened. */
+  async open() {
+    if (this.ws && !this.used) {
+      try {
+        return await this.opening; // open already, or still connecting
+      } catch {
+        // that attempt failed: try again below
+      }
+    }
+    this.drop();
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await this.dial();
+      } catch (err) {
+        if (err.permanent || attempt >= RETRY_DELAYS_MS.length) throw err;
+        await sleep(RETRY_DELAYS_MS[attempt]);
+      }
+    }
+  }
+
+  dial() {
+    this.opening = this.connect(ui.url.value.trim());
+    return this.opening;
+  }
+
+  connect(url) {
+    return new Promise((resolve, reject) => {
+      let ws;
+      try {
+        // Browsers now resolve relative and http(s) URLs here; only an absolute ws(s) one is meant.
+        if (!/^wss?:\/\/./i.test(url)) throw new SyntaxError(url);
+        ws = new WebSocket(url);
+      } catch {
+        this.setState("error", "not a ws:// or wss:// URL");
+        const error = new Error(`"${url}" is not a ws:// or wss:// URL`);
+        reject(Object.assign(error, { permanent: true }));
+        return;
+      }
+      this.ws = ws;
+      this.used = false;
+      this.setState("connecting");
+      let opened = false;
+      const timer = setTimeout(() => ws.close(), CONNECT_TIMEOUT_MS);
+      ws.onopen = () => {
+        opened = true;
+        clearTimeout(timer);
+        this.setState("open");
+        resolve();
+      };
+      ws.onmessage = (event) => this.message(event.data);
+      ws.onclose = (event) => {
+        clearTimeout(timer);
+        if (this.ws !== ws) return; // a socket this page already let go of
+        this.ws = null;
+        if (!opened) {
+          this.setState("error");
+          reject(new Error(`could not connect to ${url}`));
+          return;
+        }
+        this.setState("idle");
+        this.onClose(event);
+      };
+    });
+  }
+
+  message(data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return console.warn("not a JSON frame", data);
+    }
+    // API Gateway's own replies ({"message": "Forbidden"}, "Internal server error") have no type.
+    if (frame && typeof frame === "object") this.onFrame(frame);
+  }
+
+  send(message) {
+    this.used = true; // the server closes this socket after the answer; never reuse it
+    this.ws.send(JSON.stringify(message));
+  }
+
+  drop() {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+    this.setState("idle");
+  }
+}
+
+// ------------------------------------------------------------------------- the page
+
+const turns = new Map(); // requestId -> Turn
+let current = null; // the Turn waiting for its answer; one at a time per socket
+
+function settle(turn) {
+  if (turn !== current || !turn.done) return;
+  current = null;
+  ui.send.disabled = ui.url.disabled = false;
+}
+
+const connection = new Connection({
+  onFrame(frame) {
+    const turn = turns.get(frame.requestId) ?? current;
+    if (!turn) return;
+    if (frame.type) turn.apply(frame);
+    else if (typeof frame.message === "string") turn.fail(`API Gateway: ${frame.message}`);
+    settle(turn);
+  },
+  onClose(event) {
+    if (!current) return;
+    current.fail(`The connection closed before the answer was complete (code ${event.code}).`);
+    settle(current);
+  },
+});
+
+async function submit() {
+  const prompt = ui.prompt.value;
+  if (current || !prompt.trim()) return;
+  ui.prompt.value = "";
+  ui.send.disabled = ui.url.disabled = true;
+  const turn = (current = new Turn(prompt));
+  turns.set(turn.requestId, turn);
+  try {
+    await connection.open();
+    connection.send(sendMessage(turn.requestId, prompt));
+  } catch (err) {
+    turn.fail(`${err.message}. Check the WebSocket URL and try again.`);
+    settle(turn);
+  }
+}
+
+ui.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  submit();
+});
+
+ui.prompt.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    ui.form.requestSubmit();
+  }
+});
+
+// A new URL: let the old socket go and check the new one, so the indicator says if it works.
+ui.url.addEventListener("change", () => {
+  connection.drop();
+  if (ui.url.value.trim()) connection.dial().catch(() => {});
+});
+
+async function configure() {
+  let config = {};
+  try {
+    const response = await fetch("config.json", { cache: "no-store" });
+    if (response.ok) config = await response.json();
+  } catch {
+    // served without the local stack (or opened from disk): the URL is typed in
+  }
+  ui.url.value = new URLSearchParams(location.search).get("ws") ?? config.wsUrl ?? "";
+  if (config.mockLlm) {
+    ui.hint.textContent =
+      "Mock LLM: a line like #mock tokens=200 rate=20 in your message scripts the answer.";
+    ui.hint.hidden = false;
+  }
+  ui.url.dispatchEvent(new Event("change"));
+  ui.prompt.focus();
+}
+
+configure();
