@@ -1,6 +1,11 @@
-"""$connect: record the new connection (with its authorized principal, if any) in DynamoDB."""
+"""$connect: record the new connection (with its authorized principal, if any) in DynamoDB.
+
+A client that sent its token as the subprotocol pair ``bearer, <token>`` gets ``bearer`` back
+in Sec-WebSocket-Protocol; without that echo its browser would drop the connection.
+"""
 
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
+from llmstream.auth import chosen_subprotocol
 from llmstream.clients import aws
 from llmstream.connections import add_connection
 from llmstream.observability import logger, tracer
@@ -9,7 +14,7 @@ from llmstream.settings import get_settings
 settings = get_settings()
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False)  # the query string may hold a token
 @tracer.capture_lambda_handler
 @event_source(data_class=APIGatewayProxyEvent)
 def lambda_handler(event: APIGatewayProxyEvent, context):
@@ -26,4 +31,7 @@ def lambda_handler(event: APIGatewayProxyEvent, context):
         principal_id=authorizer.get("principalId"),
     )
     logger.info("connected")
+    subprotocol = chosen_subprotocol(event.raw_event.get("headers"))
+    if subprotocol:
+        return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": subprotocol}}
     return {"statusCode": 200}

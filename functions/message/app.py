@@ -12,6 +12,7 @@ from llmstream.clients import aws
 from llmstream.intake import Caller, accept_message, publish_prompt
 from llmstream.observability import logger, metrics, tracer
 from llmstream.protocol import encode
+from llmstream.ratelimit import ConnectionLimits
 from llmstream.settings import get_settings
 
 settings = get_settings()
@@ -21,8 +22,19 @@ def _publish(envelope):
     return publish_prompt(aws("sns"), settings.prompt_topic_arn, envelope)
 
 
+def _limits():
+    return ConnectionLimits(
+        aws("dynamodb"),
+        settings.connections_table,
+        per_connection=settings.rate_limit_per_minute,
+        per_principal=settings.principal_rate_limit_per_minute,
+        max_streams=settings.max_concurrent_streams,
+        connection_ttl_s=settings.connection_ttl_seconds,
+    )
+
+
 @metrics.log_metrics
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False)  # the body holds the prompt
 @tracer.capture_lambda_handler
 @event_source(data_class=APIGatewayProxyEvent)
 def lambda_handler(event: APIGatewayProxyEvent, context):
@@ -35,7 +47,9 @@ def lambda_handler(event: APIGatewayProxyEvent, context):
         principal_id=(ctx.get("authorizer") or {}).get("principalId"),
     )
     logger.append_keys(connection_id=caller.connection_id, route=ctx.get("routeKey"))
-    frame = accept_message(event.body, caller, settings, _publish, now_ms=int(time.time() * 1000))
+    frame = accept_message(
+        event.body, caller, settings, _publish, now_ms=int(time.time() * 1000), limits=_limits()
+    )
     logger.append_keys(request_id=frame["requestId"])
     if frame["type"] == "accepted":
         metrics.add_metric(name="RequestsAccepted", unit=MetricUnit.Count, value=1)

@@ -1,12 +1,15 @@
 """SNS → stream: call the LLM with streaming and push each delta to the client's connection.
 
-Client faults (gone, throttled, LLM errors) are handled inside and never fail the invocation,
-since a failure would make Lambda retry and stream the answer again.
+Client and model faults (gone, throttled, LLM errors, timeouts) end in a frame and never fail
+the invocation. Only our own failures do, after telling the client, so that the event ends in
+the dead-letter queue; a retry or a duplicate delivery never streams the answer a second time.
 """
 
 from functools import cache
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import SNSEvent, event_source
+from llmstream.clients import aws
 from llmstream.management import Connection, management_client
 from llmstream.observability import logger, metrics, record_stream_metrics, tracer
 from llmstream.settings import get_settings
@@ -31,16 +34,21 @@ def _connection(envelope):
 
 
 @metrics.log_metrics
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(clear_state=True, log_event=False)  # the prompt
 @tracer.capture_lambda_handler
 @event_source(data_class=SNSEvent)
 def lambda_handler(event: SNSEvent, context):
     for record in event.records:
-        result = run_prompt(
-            record.sns.message,
-            settings=settings,
-            provider=lambda _envelope: _provider(),
-            connection=_connection,
-            remaining_time=lambda: context.get_remaining_time_in_millis() / 1000,
-        )
+        try:
+            result = run_prompt(
+                record.sns.message,
+                settings=settings,
+                provider=lambda _envelope: _provider(),
+                connection=_connection,
+                remaining_time=lambda: context.get_remaining_time_in_millis() / 1000,
+                dynamodb=aws("dynamodb"),
+            )
+        except Exception:  # the client was told; Lambda retries, then the dead-letter queue
+            metrics.add_metric(name="StreamsFailed", unit=MetricUnit.Count, value=1)
+            raise
         record_stream_metrics(result)

@@ -75,7 +75,9 @@ def test_send_message_with_history_publishes_the_messages(aws, lambda_context):
         ("unknown-action.json", "unknown_action"),
     ],
 )
-def test_bad_input_gets_an_error_frame_and_nothing_is_published(aws, lambda_context, event_file, code):
+def test_bad_input_gets_an_error_frame_and_nothing_is_published(
+    aws, lambda_context, event_file, code
+):
     event = load_event(event_file)
     frame = answer(load_handler("message").lambda_handler(event, lambda_context))
     assert frame["type"] == "error" and frame["code"] == code
@@ -91,9 +93,13 @@ def test_a_model_outside_the_allow_list_is_refused(aws, lambda_context):
     assert aws.published() == []
 
 
-def test_an_sns_outage_gets_an_internal_error_frame_not_a_stack_trace(aws, lambda_context, monkeypatch):
+def test_an_sns_outage_gets_an_internal_error_frame_not_a_stack_trace(
+    aws, lambda_context, monkeypatch
+):
     monkeypatch.setenv("PROMPT_TOPIC_ARN", aws.topic_arn.replace("prompts", "missing"))
-    frame = answer(load_handler("message").lambda_handler(load_event("send-message.json"), lambda_context))
+    frame = answer(
+        load_handler("message").lambda_handler(load_event("send-message.json"), lambda_context)
+    )
     assert frame == {
         "type": "error",
         "requestId": "req-123",
@@ -102,7 +108,8 @@ def test_an_sns_outage_gets_an_internal_error_frame_not_a_stack_trace(aws, lambd
     }
 
 
-def test_the_message_handler_logs_no_prompt(aws, lambda_context, logs):
+def test_the_message_handler_logs_no_prompt(aws, lambda_context, logs, monkeypatch):
+    monkeypatch.setenv("POWERTOOLS_LOGGER_LOG_EVENT", "true")  # even if someone turns this on
     event = load_event("send-message.json")
     load_handler("message").lambda_handler(event, lambda_context)
     out = logs.getvalue()

@@ -15,17 +15,25 @@ from moto.apigatewaymanagementapi.models import (
 
 from tests.conftest import load_event, load_handler
 
+IDEMPOTENCY_TABLE = "idempotency"
 
-@pytest.fixture
-def stream_env(aws, mock_llm, monkeypatch):
+
+def prepare_stream_env(aws, mock_llm, monkeypatch):
+    """The stream function's world: the tables, the mock LLM, no batching delay."""
+    aws.dynamodb.create_table(
+        TableName=IDEMPOTENCY_TABLE,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", IDEMPOTENCY_TABLE)
     monkeypatch.setenv("LLM_BASE_URL", mock_llm.base_url)
     monkeypatch.setenv("MIN_FRAME_INTERVAL_MS", "0")
     mock_llm.reset()
     return aws
 
 
-@pytest.fixture
-def closed(monkeypatch) -> list[str]:
+def record_closes(monkeypatch) -> list[str]:
     """moto forgets a connection's data on DeleteConnection; keep it and record the close."""
     deleted: list[str] = []
     monkeypatch.setattr(
@@ -34,6 +42,16 @@ def closed(monkeypatch) -> list[str]:
         lambda self, connection_id: deleted.append(unquote(connection_id)),
     )
     return deleted
+
+
+@pytest.fixture
+def stream_env(aws, mock_llm, monkeypatch):
+    return prepare_stream_env(aws, mock_llm, monkeypatch)
+
+
+@pytest.fixture
+def closed(monkeypatch) -> list[str]:
+    return record_closes(monkeypatch)
 
 
 def sns_event(prompt: str | None = None, **changes) -> dict:
@@ -53,6 +71,8 @@ def envelope(event: dict) -> dict:
 def frames_posted(connection_id: str) -> list[dict]:
     # moto keys connections by the id as it appears in the URL path
     connections = apigatewaymanagementapi_backends["123456789012"]["us-east-1"].connections
+    if quote(connection_id, safe="") not in connections:
+        return []
     data = connections[quote(connection_id, safe="")].data.decode()
     decoder, frames, i = json.JSONDecoder(), [], 0
     while i < len(data):
@@ -86,7 +106,9 @@ def test_a_streamed_answer_arrives_as_start_deltas_and_end_then_the_connection_c
     assert closed == [doc["connectionId"]]
 
 
-def test_the_server_system_prompt_and_stream_usage_are_requested(stream_env, closed, mock_llm, lambda_context):
+def test_the_server_system_prompt_and_stream_usage_are_requested(
+    stream_env, closed, mock_llm, lambda_context
+):
     run(sns_event("hello\n#mock tokens=2 rate=0"), lambda_context)
     body = mock_llm.requests[-1].body
     assert body["messages"][0] == {"role": "system", "content": "You are a concise assistant."}
@@ -132,7 +154,9 @@ def test_a_client_gone_mid_stream_stops_the_llm_at_once_and_the_invocation_succe
         stub.add_client_error("post_to_connection", "GoneException", http_status_code=410)
         handler.lambda_handler(event, lambda_context)
         stub.assert_no_pending_responses()  # and no DeleteConnection was attempted
-    record = mock_llm.wait_for(lambda: mock_llm.requests[-1].client_closed and mock_llm.requests[-1])
+    record = mock_llm.wait_for(
+        lambda: mock_llm.requests[-1].client_closed and mock_llm.requests[-1]
+    )
     assert record.tokens_sent < 500 and not record.completed
 
 
@@ -165,3 +189,102 @@ def test_a_deadline_near_the_margin_ends_with_a_timeout_frame(stream_env, closed
     run(event, LambdaContext(remaining_ms=9_000))
     frames = frames_posted(doc["connectionId"])
     assert frames[-1]["type"] == "error" and frames[-1]["code"] == "timeout"
+
+
+def test_a_stalled_llm_stream_ends_with_a_timeout_frame_and_a_clean_close(
+    stream_env, closed, mock_llm, lambda_context, monkeypatch
+):
+    monkeypatch.setenv("LLM_STALL_TIMEOUT_SECONDS", "1")
+    event = sns_event("#mock tokens=10 stall_after=3 rate=0 first_token_delay=0")
+    doc = envelope(event)
+    run(event, lambda_context)
+    frames = frames_posted(doc["connectionId"])
+    assert deltas_text(frames) == "t0 t1 t2 "
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "timeout"
+    assert closed == [doc["connectionId"]]
+    assert mock_llm.wait_for(lambda: mock_llm.requests[-1].client_closed)
+
+
+def test_a_stall_close_to_the_deadline_times_out_before_the_function_is_killed(
+    stream_env, closed, monkeypatch
+):
+    from tests.conftest import LambdaContext
+
+    # 30 s of stall allowed, but only 11.5 s left with a 10 s margin: the read timeout is 1.5 s.
+    monkeypatch.setenv("LLM_STALL_TIMEOUT_SECONDS", "30")
+    monkeypatch.setenv("DEADLINE_MARGIN_SECONDS", "10")
+    event = sns_event("#mock tokens=10 stall_after=2 rate=0 first_token_delay=0")
+    doc = envelope(event)
+    run(event, LambdaContext(remaining_ms=11_500))
+    frames = frames_posted(doc["connectionId"])
+    assert [f["type"] for f in frames][-1] == "error" and frames[-1]["code"] == "timeout"
+    assert closed == [doc["connectionId"]]
+
+
+def test_with_log_content_on_the_prompt_and_the_completion_are_logged(
+    stream_env, closed, lambda_context, logs, monkeypatch
+):
+    monkeypatch.setenv("LOG_CONTENT", "true")
+    run(sns_event("my private question\n#mock tokens=3 rate=0"), lambda_context)
+    out = logs.getvalue()
+    assert "my private question" in out and "t0 t1 t2 " in out
+    assert "sk-test" not in out
+
+
+def test_the_api_key_stays_out_of_the_logs_when_the_model_refuses_it(
+    stream_env, closed, lambda_context, logs
+):
+    event = sns_event("hello\n#mock status=401")
+    run(event, lambda_context)
+    frames = frames_posted(envelope(event)["connectionId"])
+    assert frames[-1]["code"] == "llm_error" and "HTTP 401" in frames[-1]["message"]
+    assert "sk-test" not in logs.getvalue()
+
+
+def test_a_provider_that_cannot_be_built_tells_the_client_and_fails_into_the_dead_letter_queue(
+    stream_env, closed, lambda_context, logs, monkeypatch
+):
+    monkeypatch.setenv("LLM_API_KEY_SECRET", "no-such-secret")
+    handler = load_handler("stream")
+    event = sns_event("hello")
+    doc = envelope(event)
+    with pytest.raises(Exception, match="ResourceNotFound"):  # Lambda retries, then the DLQ
+        handler.lambda_handler(event, lambda_context)
+    frames = frames_posted(doc["connectionId"])
+    assert [(f["type"], f["code"]) for f in frames] == [("error", "internal")]
+    assert closed == [doc["connectionId"]]
+    assert "sk-test" not in logs.getvalue()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"version": 2},
+        {"version": None},
+        {"requestId": "bad id with spaces"},
+        {"connectionId": ""},
+        {"messages": []},
+        {"messages": [{"role": "system", "content": "SECRET PROMPT"}]},
+        {"options": {"maxTokens": -1}},
+        {"domainName": "evil.example.com/steal?x="},
+        {"domainName": "attacker.example.com@x7k2m9q4pd.execute-api.us-east-1.amazonaws.com"},
+        {"stage": "prod/../other"},
+    ],
+    ids=lambda change: "-".join(f"{k}={v}" for k, v in change.items())[:40],
+)
+def test_a_spoofed_or_malformed_envelope_is_ignored_without_posting_or_calling_the_llm(
+    stream_env, closed, mock_llm, lambda_context, logs, change
+):
+    event = sns_event("SECRET PROMPT", **change)
+    assert run(event, lambda_context) is None  # succeeds: a retry would not make it valid
+    assert frames_posted("Kx3vYdqgoAMCJyQ=") == [] and closed == []
+    assert mock_llm.requests == []
+    out = logs.getvalue()
+    assert "ignoring a malformed prompt message" in out and "SECRET PROMPT" not in out
+
+
+def test_a_message_that_is_not_json_at_all_is_ignored(stream_env, closed, mock_llm, lambda_context):
+    event = load_event("stream-sns.json")
+    event["Records"][0]["Sns"]["Message"] = "\x00not json{"
+    run(event, lambda_context)
+    assert mock_llm.requests == [] and closed == []

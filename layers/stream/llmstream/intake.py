@@ -1,22 +1,26 @@
-"""What the message handler does: validate a client message and queue it as one SNS message.
+"""What the message handler does: validate a client message, apply the abuse limits, and queue
+it as one SNS message.
 
 No LLM code is imported here, so the message function stays quick to cold-start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .envelope import PromptEnvelope
 from .observability import logger
 from .protocol import (
     ErrorCode,
     ProtocolError,
+    SendMessage,
     accepted_frame,
     error_frame,
     parse_client_message,
 )
+from .ratelimit import ConnectionLimits
 from .settings import Settings
 
 
@@ -31,20 +35,71 @@ class Caller:
     principal_id: str | None = None
 
 
+def _is_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate (JSON lets a client send "\\ud800")."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _check_unicode(message: SendMessage) -> None:
+    texts = [message.model, *(m["content"] for m in message.messages)]
+    if not all(_is_unicode(t) for t in texts):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "the message holds text that is not valid Unicode (a lone surrogate)",
+            message.request_id,
+        )
+
+
+def _wire_safe(frame: dict[str, Any]) -> dict[str, Any]:
+    """Error messages may quote the client's text; never let that make the frame unsendable."""
+    message = frame.get("message")
+    if isinstance(message, str) and not _is_unicode(message):
+        frame = {**frame, "message": message.encode("utf-8", "replace").decode("utf-8")}
+    return frame
+
+
 def accept_message(
     body: str | None,
     caller: Caller,
     settings: Settings,
     publish: Callable[[PromptEnvelope], Any],
     now_ms: int,
+    limits: ConnectionLimits | None = None,
 ) -> dict[str, Any]:
     """Return the frame to answer with: ``accepted`` once published, or an ``error``."""
+    return _wire_safe(_accept(body, caller, settings, publish, now_ms, limits))
+
+
+def _accept(
+    body: str | None,
+    caller: Caller,
+    settings: Settings,
+    publish: Callable[[PromptEnvelope], Any],
+    now_ms: int,
+    limits: ConnectionLimits | None,
+) -> dict[str, Any]:
     try:
         message = parse_client_message(
             body, fallback_request_id=caller.request_id, limits=settings.limits()
         )
+        _check_unicode(message)
     except ProtocolError as exc:
         return exc.frame(caller.request_id)
+    if limits is not None:
+        try:
+            refusal = limits.admit(caller.connection_id, caller.principal_id, now_ms // 1000)
+        except Exception:  # DynamoDB unreachable: refuse rather than run unmetered
+            logger.exception("could not check the rate limits")
+            return error_frame(
+                message.request_id, ErrorCode.INTERNAL, "the request could not be queued; try again"
+            )
+        if refusal is not None:
+            logger.info("rate limited", extra={"limit": refusal.limit})
+            return error_frame(message.request_id, ErrorCode.RATE_LIMITED, refusal.message)
     envelope = PromptEnvelope(
         request_id=message.request_id,
         connection_id=caller.connection_id,
@@ -63,10 +118,19 @@ def accept_message(
         publish(envelope)
     except Exception:  # SNS unreachable or refusing: the client must hear of it, with its id
         logger.exception("could not queue the prompt")
+        if limits is not None:
+            _give_back(limits, caller.connection_id)
         return error_frame(
             envelope.request_id, ErrorCode.INTERNAL, "the request could not be queued; try again"
         )
     return accepted_frame(envelope.request_id)
+
+
+def _give_back(limits: ConnectionLimits, connection_id: str) -> None:
+    try:
+        limits.cancel(connection_id)
+    except Exception:
+        logger.exception("could not give back the stream slot")
 
 
 def publish_prompt(sns: Any, topic_arn: str, envelope: PromptEnvelope) -> str:

@@ -62,6 +62,11 @@ class Settings:
     # Connections
     connection_ttl_seconds: int = MAX_CONNECTION_SECONDS
 
+    # Abuse limits (0 turns a limit off)
+    rate_limit_per_minute: int = 20
+    max_concurrent_streams: int = 1
+    principal_rate_limit_per_minute: int = 60
+
     # Privacy
     log_content: bool = False
 
@@ -107,6 +112,11 @@ class Settings:
             max_frame_bytes=int(env.get("MAX_FRAME_BYTES", d.max_frame_bytes)),
             deadline_margin=float(env.get("DEADLINE_MARGIN_SECONDS", d.deadline_margin)),
             connection_ttl_seconds=int(env.get("CONNECTION_TTL_SECONDS", d.connection_ttl_seconds)),
+            rate_limit_per_minute=int(env.get("RATE_LIMIT_PER_MINUTE", d.rate_limit_per_minute)),
+            max_concurrent_streams=int(env.get("MAX_CONCURRENT_STREAMS", d.max_concurrent_streams)),
+            principal_rate_limit_per_minute=int(
+                env.get("PRINCIPAL_RATE_LIMIT_PER_MINUTE", d.principal_rate_limit_per_minute)
+            ),
             log_content=_bool(env.get("LOG_CONTENT"), d.log_content),
         )
 

@@ -7,11 +7,12 @@ without AWS. The result says what happened; the handler turns it into logs and m
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .envelope import PromptEnvelope
 from .llm import ChunkStream, LLMError, LLMTimeout, Provider, retry_before_first_token
+from .observability import logger
 from .protocol import ErrorCode, FinishReason, end_frame, error_frame, start_frame
 from .sender import FrameSender, SendStats
 
@@ -22,6 +23,8 @@ class Outcome:
     LLM_ERROR = "llm_error"
     TIMEOUT = "timeout"
     DELIVERY_FAILED = "delivery_failed"
+    FAILED = "failed"
+    """A bug or an outage on our side; the client got an ``internal`` error frame."""
 
 
 @dataclass
@@ -34,6 +37,8 @@ class StreamResult:
     first_token_at: float | None
     finished_at: float
     send: SendStats
+    text: str | None = None
+    """The answer as streamed, kept only when asked for (LOG_CONTENT)."""
 
     @property
     def duration(self) -> float:
@@ -75,8 +80,13 @@ def stream_answer(
     limits: StreamLimits = StreamLimits(),
     remaining_time: Callable[[], float] = lambda: float("inf"),
     clock: Callable[[], float] = time.monotonic,
+    keep_text: bool = False,
+    on_finish: Callable[[], None] = lambda: None,
 ) -> StreamResult:
+    """Stream the answer. ``on_finish`` runs once, just before the last frame is queued: a
+    client that sends its next prompt on seeing ``end`` finds its stream slot already free."""
     rid = envelope.request_id
+    kept: list[str] | None = [] if keep_text else None
     started = clock()
     first_token_at: float | None = None
     finish_reason: str | None = None
@@ -84,7 +94,16 @@ def stream_answer(
     outcome = Outcome.COMPLETED
     stream: ChunkStream | None = None
 
+    finished = False
+
+    def finish() -> None:
+        nonlocal finished
+        if not finished:
+            finished = True
+            on_finish()
+
     def fail(code: ErrorCode, message: str, result: str) -> str:
+        finish()
         sender.send(error_frame(rid, code, message))
         return result
 
@@ -112,9 +131,13 @@ def stream_answer(
                 if first_token_at is None:
                     first_token_at = clock()
                 sender.delta(chunk.text)
+                if kept is not None:
+                    kept.append(chunk.text)
             finish_reason = chunk.finish_reason or finish_reason
             input_tokens = chunk.input_tokens if chunk.input_tokens is not None else input_tokens
-            output_tokens = chunk.output_tokens if chunk.output_tokens is not None else output_tokens
+            output_tokens = (
+                chunk.output_tokens if chunk.output_tokens is not None else output_tokens
+            )
             if remaining_time() < limits.deadline_margin:
                 outcome = fail(
                     ErrorCode.TIMEOUT,
@@ -126,10 +149,18 @@ def stream_answer(
         outcome = fail(ErrorCode.TIMEOUT, exc.message, Outcome.TIMEOUT)
     except LLMError as exc:
         outcome = fail(ErrorCode.LLM_ERROR, exc.message, Outcome.LLM_ERROR)
+    except Exception:  # a bug or an outage of ours: still a frame in order, never a silent hang
+        logger.exception("the stream failed")
+        outcome = fail(
+            ErrorCode.INTERNAL,
+            "the answer failed on our side; send the prompt again",
+            Outcome.FAILED,
+        )
     finally:
         if stream is not None:
-            stream.close()
+            _close_quietly(stream)
 
+    finish()
     if outcome == Outcome.COMPLETED:
         sender.send(
             end_frame(rid, normalise_finish_reason(finish_reason), input_tokens, output_tokens)
@@ -146,4 +177,12 @@ def stream_answer(
         first_token_at=first_token_at,
         finished_at=clock(),
         send=stats,
+        text=None if kept is None else "".join(kept),
     )
+
+
+def _close_quietly(stream: ChunkStream) -> None:
+    try:
+        stream.close()
+    except Exception:  # closing a broken HTTP stream may fail too; the outcome is already known
+        logger.info("could not close the model's stream")
