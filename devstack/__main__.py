@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             f"LLM: {llm}\nManagement API: {stack.management_url}  AWS (moto): {stack.moto_url}",
             flush=True,
         )
+        if stack.auth_mode == "hmac":
+            print(f"Auth: hmac; connect with {stack.ws_url}/?token={stack.mint_token()}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         stop.wait()
     except KeyboardInterrupt:

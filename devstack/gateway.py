@@ -352,9 +352,9 @@ class Gateway:
     async def _authorize(
         self, request: web.Request, conn_id: str, connected_at: int
     ) -> dict[str, Any] | web.Response:
-        kind, name = routes_module.AUTHORIZER_IDENTITY_SOURCE
-        if kind == "querystring" and not request.query.get(name):
-            return _reject(401, "Unauthorized")  # no identity source: the authorizer never runs
+        source = routes_module.AUTHORIZER_IDENTITY_SOURCE
+        if source and source[0] == "querystring" and not request.query.get(source[1]):
+            return _reject(401, "Unauthorized")  # identity source missing: the authorizer never runs
         headers, multi = self._headers(request)
         method_arn = (
             f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{self.config.api_id}/"

@@ -33,7 +33,9 @@ ROUTES: dict[str, Route] = {
 }
 
 AUTHORIZER_FUNCTION = "authorizer"
-AUTHORIZER_IDENTITY_SOURCE = ("querystring", "token")  # route.request.querystring.token
+# Like template.yaml: no identity source, so the authorizer runs on every $connect and finds the
+# token in the query string or in Sec-WebSocket-Protocol itself.
+AUTHORIZER_IDENTITY_SOURCE: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import os
+import secrets
+import sys
 import threading
 import time
 import urllib.request
@@ -31,6 +33,7 @@ log = logging.getLogger("devstack")
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "llm-stream-local"
+HMAC_SECRET_NAME = "llm-stream/ws-token-hmac"
 
 TEMPLATE_DEFAULTS: dict[str, str] = {
     # template.yaml's Globals environment with its Parameters' defaults; tests keep them in sync.
@@ -48,7 +51,7 @@ TEMPLATE_DEFAULTS: dict[str, str] = {
     "CONNECTION_TTL_SECONDS": "7200",
     "LOG_CONTENT": "false",
     "RATE_LIMIT_PER_MINUTE": "20",
-    "MAX_CONCURRENT_STREAMS": "2",
+    "MAX_CONCURRENT_STREAMS": "1",
     "PRINCIPAL_RATE_LIMIT_PER_MINUTE": "60",
     "AUTH_MODE": "none",
     "POWERTOOLS_SERVICE_NAME": "llm-stream",
@@ -120,6 +123,7 @@ class LocalStack:
         self.mock_llm: Any = None
         self.llm_base_url = ""
         self.topic_arn = self.dead_letter_queue_url = ""
+        self.hmac_secret = ""
         self.tables: dict[str, str] = {}
         self.runtime: Runtime | None = None
         self.gateway: Gateway | None = None
@@ -250,6 +254,22 @@ class LocalStack:
         self.client("secretsmanager").create_secret(
             Name=self.function_env()["LLM_API_KEY_SECRET"], SecretString=key
         )
+        if self.auth_mode == "hmac":
+            self.hmac_secret = os.environ.get("AUTH_HMAC_SECRET") or secrets.token_urlsafe(32)
+            self.client("secretsmanager").create_secret(
+                Name=HMAC_SECRET_NAME, SecretString=self.hmac_secret
+            )
+
+    def mint_token(self, sub: str = "local-user", ttl: int = 3600) -> str:
+        """A token the authorizer accepts in hmac mode (what `llmstream.auth mint` prints)."""
+        layer = str(self.config.root / "layers" / "stream")
+        if layer not in sys.path:
+            sys.path.insert(0, layer)
+        from llmstream.auth import mint_hmac_token
+
+        if not self.hmac_secret:
+            raise RuntimeError("the stack is not running with auth mode 'hmac'")
+        return mint_hmac_token(self.hmac_secret, sub, ttl=ttl)
 
     def function_env(self) -> dict[str, str | None]:
         """The functions' environment: the template's Globals, then local wiring."""
@@ -264,6 +284,7 @@ class LocalStack:
                 or os.environ.get("LLM_MODEL")
                 or TEMPLATE_DEFAULTS["LLM_MODEL"],
                 "AUTH_MODE": self.auth_mode,
+                "AUTH_HMAC_SECRET_NAME": HMAC_SECRET_NAME,
                 "MANAGEMENT_ENDPOINT_TEMPLATE": "http://{domainName}/{stage}",
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "AWS_XRAY_CONTEXT_MISSING": "IGNORE_ERROR",

@@ -149,3 +149,26 @@ def test_frames_are_compact_utf8_json():
     assert protocol.encode(protocol.delta_frame("r", 1, "é")) == (
         '{"type":"delta","requestId":"r","seq":1,"text":"é"}'.encode()
     )
+
+
+def test_a_request_id_with_a_trailing_newline_is_refused():
+    error = rejection('{"action":"sendMessage","prompt":"a","requestId":"abc\\n"}')
+    assert error.code is ErrorCode.BAD_REQUEST and "'requestId'" in error.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"action":"sendMessage","prompt":"a\\ud800b"}',
+        '{"action":"sendMessage","messages":[{"role":"user","content":"\\udfff"}]}',
+    ],
+)
+def test_a_lone_surrogate_in_the_prompt_is_a_bad_request(body):
+    error = rejection(body)
+    assert error.code is ErrorCode.BAD_REQUEST and "not valid Unicode" in error.message
+
+
+def test_an_error_quoting_a_lone_surrogate_still_encodes_as_utf8():
+    error = rejection('{"action":"sendMessage","prompt":"a","model":"m\\ud800"}')
+    assert error.code is ErrorCode.MODEL_NOT_ALLOWED
+    assert json.loads(protocol.encode(error.frame()))["message"].startswith("model 'm?'")

@@ -91,7 +91,7 @@ def parse_envelope(raw: str) -> PromptEnvelope:
     if version != ENVELOPE_VERSION:
         raise InvalidEnvelope(f"unsupported version {version!r}" if isinstance(version, int) else "missing version")
     request_id = _field(doc, "requestId", str)
-    if not REQUEST_ID_PATTERN.match(request_id):
+    if not REQUEST_ID_PATTERN.fullmatch(request_id):
         raise InvalidEnvelope("field 'requestId' has an invalid format")
     connection_id = _field(doc, "connectionId", str)
     if not connection_id or len(connection_id) > 128:

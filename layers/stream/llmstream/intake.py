@@ -15,7 +15,6 @@ from .observability import logger
 from .protocol import (
     ErrorCode,
     ProtocolError,
-    SendMessage,
     accepted_frame,
     error_frame,
     parse_client_message,
@@ -35,33 +34,6 @@ class Caller:
     principal_id: str | None = None
 
 
-def _is_unicode(text: str) -> bool:
-    """False for text holding a lone surrogate (JSON lets a client send "\\ud800")."""
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _check_unicode(message: SendMessage) -> None:
-    texts = [message.model, *(m["content"] for m in message.messages)]
-    if not all(_is_unicode(t) for t in texts):
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST,
-            "the message holds text that is not valid Unicode (a lone surrogate)",
-            message.request_id,
-        )
-
-
-def _wire_safe(frame: dict[str, Any]) -> dict[str, Any]:
-    """Error messages may quote the client's text; never let that make the frame unsendable."""
-    message = frame.get("message")
-    if isinstance(message, str) and not _is_unicode(message):
-        frame = {**frame, "message": message.encode("utf-8", "replace").decode("utf-8")}
-    return frame
-
-
 def accept_message(
     body: str | None,
     caller: Caller,
@@ -71,22 +43,10 @@ def accept_message(
     limits: ConnectionLimits | None = None,
 ) -> dict[str, Any]:
     """Return the frame to answer with: ``accepted`` once published, or an ``error``."""
-    return _wire_safe(_accept(body, caller, settings, publish, now_ms, limits))
-
-
-def _accept(
-    body: str | None,
-    caller: Caller,
-    settings: Settings,
-    publish: Callable[[PromptEnvelope], Any],
-    now_ms: int,
-    limits: ConnectionLimits | None,
-) -> dict[str, Any]:
     try:
         message = parse_client_message(
             body, fallback_request_id=caller.request_id, limits=settings.limits()
         )
-        _check_unicode(message)
     except ProtocolError as exc:
         return exc.frame(caller.request_id)
     if limits is not None:

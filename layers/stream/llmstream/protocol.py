@@ -41,6 +41,7 @@ class FinishReason(str, Enum):
 
 
 ROLES = ("user", "assistant")
+# Match with fullmatch: "$" alone would let a trailing "\n" through.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:=+/-]{1,128}$")
 
 
@@ -78,8 +79,13 @@ def error_frame(request_id: str | None, code: ErrorCode, message: str) -> dict[s
 
 
 def encode(frame: Mapping[str, Any]) -> bytes:
-    """Serialise a frame as compact UTF-8 JSON, the exact bytes sent on the socket."""
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Serialise a frame as compact UTF-8 JSON, the exact bytes sent on the socket.
+
+    An error message may quote a client's text, and JSON lets a client send a lone surrogate
+    ("\\ud800") that UTF-8 cannot hold; it becomes "?" rather than an unsendable frame.
+    """
+    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", errors="replace")
 
 
 # --------------------------------------------------------------------------- client messages
@@ -154,6 +160,18 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
+_NOT_UNICODE = "'{}' holds text that is not valid Unicode (a lone surrogate)"
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate, which JSON escapes ("\\ud800") can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
@@ -162,7 +180,7 @@ def _request_id(body: Mapping[str, Any], fallback: str) -> str:
     value = body.get("requestId")
     if value is None:
         return fallback
-    if not isinstance(value, str) or not REQUEST_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not REQUEST_ID_PATTERN.fullmatch(value):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
             "'requestId' must be 1-128 characters of letters, digits or ._:=+/-",
@@ -171,7 +189,9 @@ def _request_id(body: Mapping[str, Any], fallback: str) -> str:
     return value
 
 
-def _messages(body: Mapping[str, Any], limits: Limits, request_id: str) -> tuple[dict[str, str], ...]:
+def _messages(
+    body: Mapping[str, Any], limits: Limits, request_id: str
+) -> tuple[dict[str, str], ...]:
     has_prompt, has_messages = "prompt" in body, "messages" in body
     if has_prompt and has_messages:
         raise ProtocolError(
@@ -208,6 +228,10 @@ def _messages(body: Mapping[str, Any], limits: Limits, request_id: str) -> tuple
                     f"'messages[{i}].content' must be a non-empty string",
                     request_id,
                 )
+            if not _is_unicode(content):
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, _NOT_UNICODE.format(f"messages[{i}].content"), request_id
+                )
             messages.append({"role": role, "content": content})
         if messages[-1]["role"] != "user":
             raise ProtocolError(
@@ -221,6 +245,8 @@ def _messages(body: Mapping[str, Any], limits: Limits, request_id: str) -> tuple
         assert prompt is not None
         if not prompt.strip():
             raise ProtocolError(ErrorCode.BAD_REQUEST, "'prompt' must not be empty", request_id)
+        if not _is_unicode(prompt):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, _NOT_UNICODE.format("prompt"), request_id)
         messages = [{"role": "user", "content": prompt}]
     size = sum(_utf8_len(m["content"]) for m in messages)
     if size > limits.max_prompt_bytes:
@@ -248,7 +274,7 @@ def _send_message(body: Mapping[str, Any], limits: Limits, request_id: str) -> S
     keep_open = body.get("keepOpen", False)
     if not isinstance(keep_open, bool):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'keepOpen' must be a boolean", request_id)
-    if conversation_id is not None and not REQUEST_ID_PATTERN.match(conversation_id):
+    if conversation_id is not None and not REQUEST_ID_PATTERN.fullmatch(conversation_id):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
             "'conversationId' must be 1-128 characters of letters, digits or ._:=+/-",
