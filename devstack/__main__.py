@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if stack.auth_mode == "hmac":
-            print(f"Auth: hmac; connect with {stack.ws_url}/?token={stack.mint_token()}", flush=True)
+            token = stack.mint_token()
+            print(f"Auth: hmac; connect with {stack.ws_url}/?token={token}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         stop.wait()
     except KeyboardInterrupt:

@@ -354,7 +354,7 @@ class Gateway:
     ) -> dict[str, Any] | web.Response:
         source = routes_module.AUTHORIZER_IDENTITY_SOURCE
         if source and source[0] == "querystring" and not request.query.get(source[1]):
-            return _reject(401, "Unauthorized")  # identity source missing: the authorizer never runs
+            return _reject(401, "Unauthorized")  # no identity source: the authorizer never runs
         headers, multi = self._headers(request)
         method_arn = (
             f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{self.config.api_id}/"

@@ -68,11 +68,23 @@ def test_history_in_messages_replaces_the_prompt():
         ('{"action":42}', ErrorCode.UNKNOWN_ACTION, "unknown action 'number'"),
         ('{"action":"sendMessage"}', ErrorCode.BAD_REQUEST, "'prompt' is required"),
         ('{"action":"sendMessage","prompt":"  "}', ErrorCode.BAD_REQUEST, "must not be empty"),
-        ('{"action":"sendMessage","prompt":5}', ErrorCode.BAD_REQUEST, "must be a string, not number"),
-        ('{"action":"sendMessage","prompt":"' + "x" * 101 + '"}', ErrorCode.PAYLOAD_TOO_LARGE, "limit is 100"),
+        (
+            '{"action":"sendMessage","prompt":5}',
+            ErrorCode.BAD_REQUEST,
+            "must be a string, not number",
+        ),
+        (
+            '{"action":"sendMessage","prompt":"' + "x" * 101 + '"}',
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            "limit is 100",
+        ),
         ('{"action":"sendMessage","prompt":"a","messages":[]}', ErrorCode.BAD_REQUEST, "not both"),
         ('{"action":"sendMessage","messages":[]}', ErrorCode.BAD_REQUEST, "non-empty array"),
-        ('{"action":"sendMessage","messages":[1]}', ErrorCode.BAD_REQUEST, "'messages[0]' must be an object"),
+        (
+            '{"action":"sendMessage","messages":[1]}',
+            ErrorCode.BAD_REQUEST,
+            "'messages[0]' must be an object",
+        ),
         (
             '{"action":"sendMessage","messages":[{"role":"system","content":"x"}]}',
             ErrorCode.BAD_REQUEST,
@@ -84,14 +96,32 @@ def test_history_in_messages_replaces_the_prompt():
             "last of 'messages' must have role 'user'",
         ),
         (
-            '{"action":"sendMessage","messages":' + json.dumps([{"role": "user", "content": "x"}] * 4) + "}",
+            '{"action":"sendMessage","messages":'
+            + json.dumps([{"role": "user", "content": "x"}] * 4)
+            + "}",
             ErrorCode.PAYLOAD_TOO_LARGE,
             "limit is 3",
         ),
-        ('{"action":"sendMessage","prompt":"a","model":"gpt-9"}', ErrorCode.MODEL_NOT_ALLOWED, "m1, m2"),
-        ('{"action":"sendMessage","prompt":"a","keepOpen":"yes"}', ErrorCode.BAD_REQUEST, "'keepOpen'"),
-        ('{"action":"sendMessage","prompt":"a","requestId":"has space"}', ErrorCode.BAD_REQUEST, "'requestId'"),
-        ('{"action":"sendMessage","prompt":"a","requestId":7}', ErrorCode.BAD_REQUEST, "'requestId'"),
+        (
+            '{"action":"sendMessage","prompt":"a","model":"gpt-9"}',
+            ErrorCode.MODEL_NOT_ALLOWED,
+            "m1, m2",
+        ),
+        (
+            '{"action":"sendMessage","prompt":"a","keepOpen":"yes"}',
+            ErrorCode.BAD_REQUEST,
+            "'keepOpen'",
+        ),
+        (
+            '{"action":"sendMessage","prompt":"a","requestId":"has space"}',
+            ErrorCode.BAD_REQUEST,
+            "'requestId'",
+        ),
+        (
+            '{"action":"sendMessage","prompt":"a","requestId":7}',
+            ErrorCode.BAD_REQUEST,
+            "'requestId'",
+        ),
     ],
 )
 def test_bad_input_is_rejected_with_a_code_and_a_message_naming_the_problem(body, code, names):

@@ -1,1 +1,1 @@
-"""Shared code for streaming an LLM answer to an API Gateway WebSocket connection (the Lambda layer)."""
+"""The StreamLayer's package: stream an LLM answer to an API Gateway WebSocket connection."""

@@ -6,8 +6,9 @@ The message handler builds it; every stream subscriber parses it and ignores wha
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .protocol import REQUEST_ID_PATTERN, ROLES
 
@@ -89,7 +90,9 @@ def parse_envelope(raw: str) -> PromptEnvelope:
         raise InvalidEnvelope("message is not a JSON object")
     version = doc.get("version")
     if version != ENVELOPE_VERSION:
-        raise InvalidEnvelope(f"unsupported version {version!r}" if isinstance(version, int) else "missing version")
+        raise InvalidEnvelope(
+            f"unsupported version {version!r}" if isinstance(version, int) else "missing version"
+        )
     request_id = _field(doc, "requestId", str)
     if not REQUEST_ID_PATTERN.fullmatch(request_id):
         raise InvalidEnvelope("field 'requestId' has an invalid format")

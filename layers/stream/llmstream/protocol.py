@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Mapping
+from enum import StrEnum
+from typing import Any
 
 PROTOCOL_VERSION = 1
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     SEND_MESSAGE = "sendMessage"
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
     UNKNOWN_ACTION = "unknown_action"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -32,7 +33,7 @@ class ErrorCode(str, Enum):
     INTERNAL = "internal"
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"

@@ -6,9 +6,9 @@ Every tunable lives here so that no handler digs in ``os.environ`` itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Mapping
 
 from .protocol import Limits
 
@@ -83,7 +83,7 @@ class Settings:
         return self.management_endpoint_template.format(domainName=domain_name, stage=stage)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         d = cls()
         return cls(
