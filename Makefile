@@ -1,6 +1,8 @@
 # The verbs people type. Each target creates what it needs, so any of them works on a fresh clone.
 PYTHON ?= python3.11
-PY313  ?= $(shell command -v python3.13 2>/dev/null || ls -d /root/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -1)
+# The Lambda runtime's Python, for sam build: the first python3.13 that actually runs (pyenv shims may not).
+PY313  ?= $(shell for p in $$(command -v python3.13) $$(ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 /root/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null); do \
+	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV   := .venv
 SAMVENV := .venv-sam
 BIN    := $(VENV)/bin
@@ -15,6 +17,7 @@ $(BIN)/.installed: requirements-dev.txt layers/stream/requirements.txt
 	touch $@
 
 $(SAM):
+	@test -n "$(PY313)" || { echo "python3.13 (the Lambda runtime) is needed for the SAM CLI and sam build"; exit 1; }
 	test -x $(SAMVENV)/bin/python || $(PY313) -m venv $(SAMVENV)
 	$(SAMVENV)/bin/pip install -q --upgrade pip
 	$(SAMVENV)/bin/pip install -q aws-sam-cli
