@@ -178,3 +178,76 @@ def test_a_transient_post_error_is_retried_and_nothing_is_lost():
     sender.delta("hello")
     sender.close()
     assert not sender.failed and [d["text"] for d in post.deltas()] == ["hello"]
+
+
+class TimedRecorder(Recorder):
+    """Also records when each post started."""
+
+    def __init__(self, delay: float = 0.0):
+        super().__init__(delay)
+        self.started: list[float] = []
+
+    def __call__(self, data: bytes) -> None:
+        self.started.append(time.monotonic())
+        super().__call__(data)
+
+
+def feed(sender: FrameSender, seconds: float, every: float = 0.002) -> list[str]:
+    """Deltas at a steady pace for ``seconds``, like a fast model; returns what was sent."""
+    tokens, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        tokens.append(f"t{len(tokens)} ")
+        sender.delta(tokens[-1])
+        time.sleep(every)
+    return tokens
+
+
+def test_delta_frames_start_at_least_the_minimum_interval_apart():
+    post = TimedRecorder()
+    sender = FrameSender(post, "r1", min_interval=0.04)
+    tokens = feed(sender, 0.5)
+    sender.close()
+    gaps = [b - a for a, b in zip(post.started, post.started[1:], strict=False)]
+    # The final flush at close may come sooner; every other frame waits for the interval.
+    assert min(gaps[:-1]) > 0.03, "without the interval they would be ~2 ms apart"
+    assert "".join(d["text"] for d in post.deltas()) == "".join(tokens)
+
+
+def test_a_post_slower_than_the_interval_is_followed_at_once_not_after_a_further_interval():
+    post = TimedRecorder(delay=0.05)
+    sender = FrameSender(post, "r1", min_interval=0.04)
+    feed(sender, 0.6)
+    sender.close()
+    gaps = sorted(b - a for a, b in zip(post.started, post.started[1:], strict=False))
+    # Frames every max(post, interval) = 50 ms; counting the interval from the post's end
+    # would space them 90 ms apart and fall behind the model.
+    assert gaps[len(gaps) // 2] < 0.07
+
+
+def test_the_reader_never_waits_for_a_slow_post():
+    post = Recorder(delay=0.3)
+    sender = FrameSender(post, "r1", min_interval=0)
+    sender.send(start_frame("r1", "m"))
+    began = time.monotonic()
+    for i in range(500):
+        sender.delta(f"t{i} ")
+    queued_in = time.monotonic() - began
+    sender.close()
+    assert queued_in < 0.1, "delta() must only queue the text"
+    assert len(post.deltas()) <= 2
+
+
+def test_text_held_while_throttled_follows_the_retried_frame_in_order():
+    post = Recorder(failures={2: Throttled(), 3: Throttled()}, delay=0.01)
+    sender = FrameSender(post, "r1", min_interval=0)
+    sender.send(start_frame("r1", "m"))
+    post.wait_for_frames(1)
+    sender.delta("first ")
+    for i in range(20):
+        sender.delta(f"t{i} ")
+    sender.send({"type": "end", "requestId": "r1"})
+    stats = sender.close()
+    texts = [d["text"] for d in post.deltas()]
+    assert "".join(texts) == "first " + "".join(f"t{i} " for i in range(20))
+    assert [d["seq"] for d in post.deltas()] == list(range(len(texts)))
+    assert post.frames[-1]["type"] == "end" and stats.throttled == 2

@@ -1,18 +1,21 @@
 """Posts one stream's frames in order, one post in flight, batching deltas that arrive meanwhile.
 
-The LLM reader calls ``delta``/``send`` and never waits; a worker thread owns every post. While
-a post is in flight, deltas accumulate and leave together in the next frame, so delivery keeps
-pace with the LLM whatever the post latency, and the message count stays low.
+The LLM reader calls ``delta``/``send`` and never waits; a worker thread owns every post. Deltas
+that arrive while a post is in flight leave together in the next frame, and delta frames start at
+least ``min_interval`` apart, so delivery keeps pace with the LLM whatever the post latency while
+the message count stays low (numbers in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .management import ConnectionGone, PostFailed, Throttled
 from .protocol import ErrorCode, delta_frame, encode, error_frame
@@ -34,7 +37,7 @@ class SendStats:
 
 
 def split_text(text: str, request_id: str, seq: int, max_frame_bytes: int) -> list[str]:
-    """Cut text into pieces whose delta frames, numbered from ``seq``, each fit in max_frame_bytes."""
+    """Cut text into pieces whose delta frames, numbered from ``seq``, fit in max_frame_bytes."""
     pieces: list[str] = []
     while text:
         overhead = len(encode(delta_frame(request_id, seq + len(pieces), "")))
@@ -106,7 +109,9 @@ class FrameSender:
         with self._cond:
             self.stats.deltas += 1
             self._queue.append(("text", text))
-            self._cond.notify()
+            # Only an idle worker needs waking: one holding text for the interval wakes on time.
+            if len(self._queue) == 1:
+                self._cond.notify()
 
     def send(self, frame: dict[str, Any]) -> None:
         """Queue a control frame (start, end, error) after everything queued before it."""
@@ -215,10 +220,9 @@ class FrameSender:
     def _fail(self, reason: str) -> None:
         """Tell the client (best effort), then stop."""
         self._failed.set()
-        try:
+        # The client may be unreachable too; the outcome is already recorded.
+        with contextlib.suppress(Exception):
             self._post(encode(error_frame(self.request_id, ErrorCode.INTERNAL, reason)))
-        except Exception:  # the client may be unreachable too; the outcome is already recorded
-            pass
 
     def _abandon(self) -> None:
         with self._cond:

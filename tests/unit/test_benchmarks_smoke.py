@@ -1,0 +1,65 @@
+"""The benchmark harness runs end to end in a tiny configuration: its structure, not timings."""
+
+from __future__ import annotations
+
+from benchmarks.config import Config
+from benchmarks.document import interval_scenarios, run, scenarios, ttfd_scenarios
+from benchmarks.imports import MARK, parse_importtime
+
+TINY = Config(
+    tokens=20,
+    first_token_delay=0.05,
+    rates=(400,),
+    latencies_ms=(0, 5),
+    transports=("http", "fake"),
+    naive_transports=("http",),
+    reps=1,
+    intervals_ms=(0, 50),
+    interval_rate=400,
+    interval_latencies_ms=(0,),
+    interval_reps=1,
+    ttfd_tokens=5,
+    ttfd_reps=1,
+    workers=2,
+    quick=True,
+)
+
+
+def test_a_tiny_delivery_run_writes_every_table_and_the_plot(tmp_path):
+    doc, png = tmp_path / "benchmarks.md", tmp_path / "delivery.png"
+    markdown = run(TINY, {"delivery"}, doc=doc, plot_path=png)
+    assert doc.read_text() == markdown
+    assert png.read_bytes().startswith(b"\x89PNG")
+    for heading in (
+        "## Targets",
+        "## Delivery time against the physical limit",
+        "## Frames and message cost",
+        "## Time to first delta",
+        "## Choosing the minimum interval",
+        "## Without HTTP: the sender alone",
+    ):
+        assert heading in markdown
+    assert "every answer arrived whole" in markdown and "**some runs failed**" not in markdown
+    assert "The shipped default minimum interval is 50 ms" in markdown
+
+
+def test_the_interval_sweep_and_first_delta_runs_are_summarised_apart_from_the_grid():
+    grid, sweep, ttfd = scenarios(TINY), interval_scenarios(TINY), ttfd_scenarios(TINY)
+    assert {s.group for s in grid} == {"grid"}
+    assert {s.group for s in sweep} == {"interval"} and {s.group for s in ttfd} == {"ttfd"}
+    keys = [{s.key for s in part} for part in (grid, sweep, ttfd)]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2])
+
+
+def test_importtime_output_is_summed_over_top_level_imports_after_the_mark():
+    stderr = "\n".join([
+        "import time: self [us] | cumulative | imported package",
+        "import time:       100 |        100 | site",
+        MARK,
+        "import time:        50 |         50 |   botocore.x",
+        "import time:       200 |       1250 | boto3",
+        "import time:        10 |         10 |   openai._x",
+        "import time:        20 |        750 | openai",
+    ])
+    ms, modules, openai = parse_importtime(stderr)
+    assert ms == 2.0 and modules == 4 and openai
