@@ -40,6 +40,7 @@ TEMPLATE_DEFAULTS: dict[str, str] = {
     "LLM_PROVIDER": "openai",
     "LLM_MODEL": "gpt-4o-mini",
     "ALLOWED_MODELS": "",
+    "MODEL_PROVIDERS": "",
     "LLM_API_KEY_SECRET": "llm-stream/openai-api-key",
     "MAX_TOKENS": "1024",
     "SYSTEM_PROMPT": "You are a helpful assistant. Answer concisely.",
@@ -53,6 +54,12 @@ TEMPLATE_DEFAULTS: dict[str, str] = {
     "RATE_LIMIT_PER_MINUTE": "20",
     "MAX_CONCURRENT_STREAMS": "1",
     "PRINCIPAL_RATE_LIMIT_PER_MINUTE": "60",
+    "HISTORY_MAX_TURNS": "20",
+    "HISTORY_MAX_TOKENS": "4000",
+    "HISTORY_TTL_SECONDS": "86400",
+    "RESUME_TTL_SECONDS": "600",
+    "RESUME_GRACE_SECONDS": "30",
+    "CONTROL_POLL_MS": "200",
     "AUTH_MODE": "none",
     "POWERTOOLS_SERVICE_NAME": "llm-stream",
     "POWERTOOLS_METRICS_NAMESPACE": "LlmStream",
@@ -307,6 +314,13 @@ class LocalStack:
         env.update(cfg.env)
         return env
 
+    def models(self) -> list[str]:
+        """The models a client may ask for, the default first (what the chat page offers)."""
+        env = self.function_env()
+        default = env["LLM_MODEL"] or ""
+        allowed = [m.strip() for m in (env["ALLOWED_MODELS"] or "").split(",") if m.strip()]
+        return [default, *(m for m in allowed if m != default)]
+
     @property
     def auth_mode(self) -> str:
         return self.config.auth_mode or os.environ.get("AUTH_MODE") or "none"
@@ -423,6 +437,7 @@ class LocalStack:
                     "stage": self.config.stage,
                     "authMode": self.auth_mode,
                     "mockLlm": self.mock_llm is not None,
+                    "models": self.models(),
                 }
             )
 

@@ -1,10 +1,13 @@
-// The chat page: sends each prompt to the llm-stream WebSocket API as one `sendMessage` and
-// renders the answer's frames (accepted/start/delta/end/error, see docs/protocol.md) as they
-// arrive. The server closes the socket after every answer, so a socket serves one request and
-// the next send opens a fresh one.
+// The chat page: one WebSocket for the whole chat (`keepOpen`), the conversation kept by the
+// service (`conversationId`), a Stop button (`cancel`), and automatic `resume` when the socket
+// drops mid-answer: it reconnects and asks for the deltas after the last seq it has, so the
+// answer goes on in the same bubble with nothing missing or repeated. Frames are rendered as they
+// arrive (accepted/start/delta/end/error, see docs/protocol.md and docs/sessions.md).
 
 const CONNECT_TIMEOUT_MS = 10_000;
 const RETRY_DELAYS_MS = [500, 1000, 2000]; // backoff between connection attempts for one send
+const RESUME_DELAYS_MS = [0, 500, 1000, 2000, 4000]; // reconnecting to resume an answer
+const MAX_RESUMES = 5; // drops one answer survives
 
 const STATE_LABELS = {
   idle: "Not connected (connects when you send)",
@@ -20,22 +23,38 @@ const ui = {
   form: $("#composer"),
   prompt: $("#prompt"),
   send: $("#send"),
+  stop: $("#stop"),
+  model: $("#model"),
+  modelPicker: $("#model-picker"),
+  newChat: $("#new-chat"),
   transcript: $("#transcript"),
   hint: $("#hint"),
 };
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** A fresh requestId; matches the protocol's ^[A-Za-z0-9._:=+/-]{1,128}$. */
-function newRequestId() {
+/** A fresh id; matches the protocol's ^[A-Za-z0-9._:=+/-]{1,128}$. Unguessable, which matters:
+ *  without auth, knowing an answer's requestId is what lets a client resume it. */
+function newId() {
   if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts (https, localhost)
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** The client → server message for one prompt. A model picker would add `model` here. */
+let conversationId = newId();
+
+/** The client → server message for one prompt of this chat. */
 function sendMessage(requestId, prompt) {
-  return { action: "sendMessage", requestId, prompt };
+  const message = {
+    action: "sendMessage",
+    requestId,
+    prompt,
+    conversationId,
+    keepOpen: true,
+    resumable: true,
+  };
+  if (!ui.modelPicker.hidden && ui.model.value) message.model = ui.model.value;
+  return message;
 }
 
 function element(tag, className, text) {
@@ -56,9 +75,12 @@ function follow(update) {
 /** One prompt and its answer bubble: applies the server's frames for one requestId. */
 class Turn {
   constructor(prompt) {
-    this.requestId = newRequestId();
+    this.requestId = newId();
     this.nextSeq = 0;
     this.done = false;
+    this.cancelling = false;
+    this.resumes = 0;
+    this.reconnecting = null; // the notice shown while the answer is being resumed
 
     const question = element("article", "message user");
     question.append(element("div", "text", prompt));
@@ -75,8 +97,12 @@ class Turn {
     follow(() => ui.transcript.append(question, this.bubble));
   }
 
+  get status() {
+    return this.bubble.dataset.status;
+  }
+
   setStatus(status) {
-    this.bubble.dataset.status = status; // sending, accepted, streaming, done, error
+    this.bubble.dataset.status = status; // sending, accepted, streaming, resuming, done, cancelled, error
     this.bubble.setAttribute("aria-busy", String(!this.done));
   }
 
@@ -91,18 +117,21 @@ class Turn {
   apply(frame) {
     if (this.done) return; // nothing follows `end` or `error`
     switch (frame.type) {
-      case "accepted":
-        this.setStatus("accepted");
+      case "accepted": // of the prompt, of a resume, or of a cancel
+        if (this.status === "sending") this.setStatus("accepted");
+        else if (this.status === "resuming") this.resumed();
         break;
       case "start":
         this.meta.textContent = frame.model ?? "";
         this.setStatus("streaming");
         break;
       case "delta":
+        this.resumed();
         this.delta(frame.seq, frame.text ?? "");
         break;
       case "end":
-        this.finish("done");
+        this.resumed();
+        this.finish(frame.finishReason === "cancelled" ? "cancelled" : "done");
         this.usage(frame.usage, frame.finishReason);
         break;
       case "error":
@@ -124,6 +153,19 @@ class Turn {
     follow(() => this.text.append(text));
   }
 
+  /** The socket dropped mid-answer: say so until the answer flows again. */
+  resuming() {
+    this.resumes += 1;
+    this.setStatus("resuming");
+    this.reconnecting ??= this.notice("info", "Connection lost; resuming the answer…");
+  }
+
+  resumed() {
+    if (this.status === "resuming") this.setStatus(this.nextSeq > 0 ? "streaming" : "accepted");
+    this.reconnecting?.remove();
+    this.reconnecting = null;
+  }
+
   usage(usage, finishReason) {
     const parts = [];
     if (usage?.inputTokens != null) parts.push(`${usage.inputTokens} in`);
@@ -137,6 +179,8 @@ class Turn {
   /** An error frame (with its code), or a failure on this side (without one). */
   fail(message, code) {
     if (this.done) return;
+    this.reconnecting?.remove();
+    this.reconnecting = null;
     this.finish("error");
     const content = code ? [element("strong", "code", code), `: ${message}`] : [message];
     this.notice("error", ...content);
@@ -148,14 +192,17 @@ class Turn {
   }
 }
 
-/** One WebSocket at a time. `open()` gives a socket that has not carried a request yet. */
+/** The chat's one WebSocket. `open()` gives the open socket, connecting first if need be. */
 class Connection {
   constructor({ onFrame, onClose }) {
     this.ws = null;
     this.opening = null; // the promise of this.ws opening
-    this.used = false;
     this.onFrame = onFrame;
     this.onClose = onClose;
+  }
+
+  get isOpen() {
+    return this.ws?.readyState === WebSocket.OPEN;
   }
 
   setState(state, detail) {
@@ -165,9 +212,10 @@ class Connection {
       : STATE_LABELS[state];
   }
 
-  /** A fresh open socket, trying a few times with backoff; throws if none can be opened. */
+  /** The open socket, connecting (a few times, with backoff) if there is none; throws if none
+   *  can be opened. */
   async open() {
-    if (this.ws && !this.used) {
+    if (this.ws) {
       try {
         return await this.opening; // open already, or still connecting
       } catch {
@@ -204,7 +252,6 @@ class Connection {
         return;
       }
       this.ws = ws;
-      this.used = false;
       this.setState("connecting");
       let opened = false;
       const timer = setTimeout(() => ws.close(), CONNECT_TIMEOUT_MS);
@@ -242,7 +289,7 @@ class Connection {
   }
 
   send(message) {
-    this.used = true; // the server closes this socket after the answer; never reuse it
+    if (!this.isOpen) throw new Error("not connected");
     this.ws.send(JSON.stringify(message));
   }
 
@@ -257,12 +304,18 @@ class Connection {
 // ------------------------------------------------------------------------- the page
 
 const turns = new Map(); // requestId -> Turn
-let current = null; // the Turn waiting for its answer; one at a time per socket
+let current = null; // the Turn whose answer is on its way; one at a time
+
+function busy(on) {
+  ui.send.disabled = ui.url.disabled = ui.newChat.disabled = ui.model.disabled = on;
+  ui.stop.hidden = !on;
+  ui.stop.disabled = false;
+}
 
 function settle(turn) {
   if (turn !== current || !turn.done) return;
   current = null;
-  ui.send.disabled = ui.url.disabled = false;
+  busy(false);
 }
 
 const connection = new Connection({
@@ -273,18 +326,40 @@ const connection = new Connection({
     else if (typeof frame.message === "string") turn.fail(`API Gateway: ${frame.message}`);
     settle(turn);
   },
-  onClose(event) {
-    if (!current) return;
-    current.fail(`The connection closed before the answer was complete (code ${event.code}).`);
-    settle(current);
+  onClose() {
+    if (current && !current.done) resume(current);
   },
 });
+
+/** Reconnect and ask for the rest of ``turn``'s answer, after the last seq it has. */
+async function resume(turn) {
+  if (turn.resumes >= MAX_RESUMES) {
+    turn.fail("The connection kept dropping before the answer was complete.");
+    settle(turn);
+    return;
+  }
+  turn.resuming();
+  for (const delay of RESUME_DELAYS_MS) {
+    await sleep(delay);
+    if (turn.done || connection.isOpen) return; // finished, or another resume got there first
+    try {
+      await connection.open();
+      connection.send({ action: "resume", requestId: turn.requestId, afterSeq: turn.nextSeq - 1 });
+      if (turn.cancelling) connection.send({ action: "cancel", requestId: turn.requestId });
+      return; // the rest arrives as frames; another drop comes back here
+    } catch {
+      // not reachable yet: wait and try again
+    }
+  }
+  turn.fail("The connection closed before the answer was complete, and could not be resumed.");
+  settle(turn);
+}
 
 async function submit() {
   const prompt = ui.prompt.value;
   if (current || !prompt.trim()) return;
   ui.prompt.value = "";
-  ui.send.disabled = ui.url.disabled = true;
+  busy(true);
   const turn = (current = new Turn(prompt));
   turns.set(turn.requestId, turn);
   try {
@@ -296,10 +371,32 @@ async function submit() {
   }
 }
 
+function stop() {
+  const turn = current;
+  if (!turn || turn.done || turn.cancelling) return;
+  turn.cancelling = true;
+  ui.stop.disabled = true;
+  try {
+    connection.send({ action: "cancel", requestId: turn.requestId });
+  } catch {
+    // the socket is down: the resume sends the cancel once it reconnects
+  }
+}
+
+function newChat() {
+  if (current) return;
+  conversationId = newId();
+  turns.clear();
+  ui.transcript.replaceChildren(element("p", "empty", "A new chat. Ask something below."));
+  ui.prompt.focus();
+}
+
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
   submit();
 });
+ui.stop.addEventListener("click", stop);
+ui.newChat.addEventListener("click", newChat);
 
 ui.prompt.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -314,6 +411,12 @@ ui.url.addEventListener("change", () => {
   if (ui.url.value.trim()) connection.dial().catch(() => {});
 });
 
+function offerModels(models) {
+  const list = Array.isArray(models) ? models.filter((m) => typeof m === "string" && m) : [];
+  ui.model.replaceChildren(...list.map((m) => element("option", "", m)));
+  ui.modelPicker.hidden = list.length < 2; // nothing to choose: the deployment's model it is
+}
+
 async function configure() {
   let config = {};
   try {
@@ -323,6 +426,7 @@ async function configure() {
     // served without the local stack (or opened from disk): the URL is typed in
   }
   ui.url.value = new URLSearchParams(location.search).get("ws") ?? config.wsUrl ?? "";
+  offerModels(config.models);
   if (config.mockLlm) {
     ui.hint.textContent =
       "Mock LLM: a line like #mock tokens=200 rate=20 in your message scripts the answer.";

@@ -1,4 +1,5 @@
-"""sendMessage and $default: validate the client's message, queue it on SNS, answer at once.
+"""sendMessage, cancel, resume and $default: validate the client's message, queue it on SNS (or
+flag the answer cancelled, or move it to this connection), and answer at once.
 
 The answer goes back through the two-way route response: an `accepted` or an `error` frame.
 This function never imports the LLM client.
@@ -9,6 +10,7 @@ import time
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
 from llmstream.clients import aws
+from llmstream.control import RequestControl
 from llmstream.intake import Caller, accept_message, publish_prompt
 from llmstream.observability import logger, metrics, tracer
 from llmstream.protocol import encode
@@ -33,6 +35,11 @@ def _limits():
     )
 
 
+def _control():
+    """The frames table's control items: what makes answers cancellable and resumable."""
+    return RequestControl(aws("dynamodb"), settings.frames_table) if settings.frames_table else None
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context(log_event=False)  # the body holds the prompt
 @tracer.capture_lambda_handler
@@ -48,7 +55,13 @@ def lambda_handler(event: APIGatewayProxyEvent, context):
     )
     logger.append_keys(connection_id=caller.connection_id, route=ctx.get("routeKey"))
     frame = accept_message(
-        event.body, caller, settings, _publish, now_ms=int(time.time() * 1000), limits=_limits()
+        event.body,
+        caller,
+        settings,
+        _publish,
+        now_ms=int(time.time() * 1000),
+        limits=_limits(),
+        control=_control(),
     )
     logger.append_keys(request_id=frame["requestId"])
     if frame["type"] == "accepted":

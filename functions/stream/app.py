@@ -12,20 +12,34 @@ from aws_lambda_powertools.utilities.data_classes import SNSEvent, event_source
 from llmstream.clients import aws
 from llmstream.management import Connection, management_client
 from llmstream.observability import logger, metrics, record_stream_metrics, tracer
+from llmstream.providers import build_provider
 from llmstream.settings import get_settings
 from llmstream.worker import run_prompt
 
 settings = get_settings()
 
 
-@cache
-def _provider():
-    """The LLM client, built (and its secret read) once per container, on first use."""
-    from aws_lambda_powertools.utilities.parameters import get_secret
-    from llmstream.llm import OpenAIProvider, openai_client
+def _provider(name: str | None = None):
+    """The LLM client (by default this function's own), built once per container on first use."""
+    return _built_provider(name or settings.llm_provider)
 
-    api_key = get_secret(settings.llm_api_key_secret, max_age=3600)
-    return OpenAIProvider(openai_client(str(api_key), settings.llm_base_url))
+
+@cache
+def _built_provider(name: str):
+    return build_provider(name, settings)  # reads the secret, if the provider needs one
+
+
+def _provider_for(envelope):
+    """The envelope's provider. The subscription's filter policy sends this function only its
+    own (LLM_PROVIDER); should another arrive all the same, serving it beats a silent drop or
+    an error frame: a sibling that got it too loses the idempotency claim and stays quiet."""
+    if envelope.provider != settings.llm_provider:
+        logger.warning(
+            "a prompt for another provider reached this function: check the filter policy",
+            extra={"provider": envelope.provider, "function_provider": settings.llm_provider},
+        )
+        metrics.add_metric(name="MisroutedPrompts", unit=MetricUnit.Count, value=1)
+    return _provider(envelope.provider)
 
 
 def _connection(envelope):
@@ -43,7 +57,7 @@ def lambda_handler(event: SNSEvent, context):
             result = run_prompt(
                 record.sns.message,
                 settings=settings,
-                provider=lambda _envelope: _provider(),
+                provider=_provider_for,
                 connection=_connection,
                 remaining_time=lambda: context.get_remaining_time_in_millis() / 1000,
                 dynamodb=aws("dynamodb"),

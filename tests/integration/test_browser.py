@@ -6,17 +6,21 @@ downloads a browser of its own. ``UPDATE_SCREENSHOT=1`` rewrites docs/chat-page.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import socket
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
-from devstack.stack import LocalStack
+from devstack.stack import LocalStack, StackConfig
 
 pytestmark = pytest.mark.browser
 
@@ -48,10 +52,34 @@ new MutationObserver(() => {
             {subtree: true, childList: true, characterData: true});
 """
 
+# Records every status an answer bubble goes through.
+WATCH_STATUS = """
+window.__statuses = [];
+new MutationObserver((changes) => {
+  for (const change of changes) window.__statuses.push(change.target.dataset.status);
+}).observe(document.querySelector('#transcript'),
+            {subtree: true, attributes: true, attributeFilter: ['data-status']});
+"""
+
 
 def tokens(n: int) -> str:
     """What the mock LLM streams for ``#mock tokens=n``."""
     return "".join(f"t{i} " for i in range(n))
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    """The local stack of conftest.py, with a second model that clients may choose."""
+    config = StackConfig(
+        ws_port=0,
+        http_port=0,
+        llm_base_url="",
+        llm_model="gpt-4o-mini",
+        auth_mode="none",
+        env={"ALLOWED_MODELS": "gpt-4o-mini,gpt-4o"},
+    )
+    with LocalStack(config) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -171,22 +199,151 @@ def test_a_model_failure_mid_answer_keeps_the_text_and_shows_llm_error(page: Any
     expect(answer.locator(".usage")).to_have_count(0)
 
 
-def test_a_second_prompt_after_the_server_closed_the_socket_reconnects(
+def connection_of(stack: LocalStack, answer: Any) -> str:
+    """The connection that an answer bubble's request streams to, from its control item."""
+    rid = answer.get_attribute("data-request-id")
+    item = stack.client("dynamodb").get_item(
+        TableName=stack.tables["FRAMES_TABLE"],
+        Key={"requestId": {"S": f"anon#{rid}"}, "seq": {"N": "-1"}},
+        ConsistentRead=True,
+    )["Item"]
+    return item["connectionId"]["S"]
+
+
+def drop(stack: LocalStack, connection_id: str) -> None:
+    """End a socket from the server side (Management API DeleteConnection), as a drop would."""
+    url = f"{stack.management_url}/@connections/{quote(connection_id, safe='')}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(urllib.request.Request(url, method="DELETE"), timeout=5) as response:
+        assert response.status == 204
+
+
+def llm_request(stack: LocalStack, marker: str) -> Any:
+    """The mock LLM's record of the request whose last message holds ``marker``."""
+    mock = stack.mock_llm
+
+    def find() -> Any:
+        return next(
+            (r for r in mock.requests if marker in json.dumps(r.body["messages"][-1])), None
+        )
+
+    assert mock.wait_for(lambda: find() is not None, timeout=10)
+    return find()
+
+
+def test_the_prompts_of_a_chat_share_one_socket_and_the_model_sees_the_earlier_turns(
+    page: Any, stack: LocalStack
+) -> None:
+    from playwright.sync_api import expect
+
+    marker = uuid.uuid4().hex
+    first = send(page, "I am Ada.\n#mock tokens=5 rate=0")
+    expect(first).to_have_attribute("data-status", "done")
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")  # kept open
+
+    second = send(page, f"Who am I? {marker}\n#mock tokens=8 rate=0")
+    expect(second.locator(".text")).to_have_text(tokens(8))
+    expect(second).to_have_attribute("data-status", "done")
+    sockets = page.evaluate("window.__sockets")
+    assert len(sockets) == 1 and sockets[0].startswith(stack.ws_url)
+    assert first.get_attribute("data-request-id") != second.get_attribute("data-request-id")
+    assert llm_request(stack, marker).body["messages"][1:3] == [
+        {"role": "user", "content": "I am Ada.\n#mock tokens=5 rate=0"},
+        {"role": "assistant", "content": tokens(5)},
+    ]
+
+
+def test_a_new_chat_starts_a_conversation_without_the_earlier_turns(
+    page: Any, stack: LocalStack
+) -> None:
+    from playwright.sync_api import expect
+
+    marker = uuid.uuid4().hex
+    expect(send(page, "Remember me.\n#mock tokens=2 rate=0")).to_have_attribute(
+        "data-status", "done"
+    )
+    page.locator("#new-chat").click()
+    expect(page.locator(".message")).to_have_count(0)
+    expect(send(page, f"Who? {marker}\n#mock tokens=2 rate=0")).to_have_attribute(
+        "data-status", "done"
+    )
+    assert [m["role"] for m in llm_request(stack, marker).body["messages"]] == ["system", "user"]
+
+
+def test_a_prompt_after_the_server_closed_an_idle_socket_reconnects(
     page: Any, stack: LocalStack
 ) -> None:
     from playwright.sync_api import expect
 
     first = send(page, "One\n#mock tokens=5 rate=0")
-    expect(first.locator(".text")).to_have_text(tokens(5))
-    # The page keeps a used socket open until the server closes it, as it does after `end`.
+    expect(first).to_have_attribute("data-status", "done")
+    drop(stack, connection_of(stack, first))  # e.g. API Gateway's 10-minute idle timeout
     expect(page.locator("#conn-state")).to_have_attribute("data-state", "idle")
 
     second = send(page, "Two\n#mock tokens=8 rate=0")
     expect(second.locator(".text")).to_have_text(tokens(8))
     expect(second).to_have_attribute("data-status", "done")
-    sockets = page.evaluate("window.__sockets")
-    assert len(sockets) == 2 and all(url.startswith(stack.ws_url) for url in sockets)
-    assert first.get_attribute("data-request-id") != second.get_attribute("data-request-id")
+    assert len(page.evaluate("window.__sockets")) == 2
+
+
+def test_stop_cancels_the_answer_and_the_models_stream_is_closed(
+    page: Any, stack: LocalStack
+) -> None:
+    from playwright.sync_api import expect
+
+    marker = uuid.uuid4().hex
+    answer = send(page, f"Count slowly. {marker}\n#mock tokens=400 rate=20")
+    expect(page.locator("#stop")).to_be_visible()
+    expect(answer.locator(".text")).to_contain_text("t3 ")
+    page.locator("#stop").click()
+
+    expect(answer).to_have_attribute("data-status", "cancelled")
+    expect(answer.locator(".usage")).to_contain_text("finished: cancelled")
+    expect(page.locator("#stop")).to_be_hidden()
+    expect(page.locator("#send")).to_be_enabled()
+    text = answer.locator(".text").inner_text()
+    assert text == tokens(len(text.split()))  # in order, no gap, cut short
+    record = llm_request(stack, marker)
+    assert stack.mock_llm.wait_for(lambda: record.client_closed, timeout=10)
+    assert record.tokens_sent < 400
+
+
+def test_a_socket_dropped_mid_answer_is_resumed_and_the_answer_completes_in_its_bubble(
+    page: Any, stack: LocalStack
+) -> None:
+    from playwright.sync_api import expect
+
+    page.evaluate(WATCH_ANSWER)
+    page.evaluate(WATCH_STATUS)
+    answer = send(page, "Tell me a long story.\n#mock tokens=60 rate=20")
+    expect(answer.locator(".text")).to_contain_text("t5 ")
+    first_socket = connection_of(stack, answer)
+    drop(stack, first_socket)
+
+    expect(answer.locator(".text")).to_have_text(tokens(60))
+    expect(answer).to_have_attribute("data-status", "done")
+    expect(answer.locator(".notice")).to_have_count(0)  # no gap, no error, no "resuming" left
+    assert "resuming" in page.evaluate("window.__statuses")
+    assert len(page.evaluate("window.__sockets")) == 2
+    assert connection_of(stack, answer) != first_socket  # the answer moved to the new socket
+    seen = page.evaluate("window.__seen")
+    assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:], strict=False))
+
+
+def test_the_model_picker_offers_the_allowed_models_and_the_answer_uses_the_choice(
+    page: Any, stack: LocalStack
+) -> None:
+    from playwright.sync_api import expect
+
+    marker = uuid.uuid4().hex
+    picker = page.get_by_label("Model")
+    expect(picker).to_be_visible()
+    assert picker.locator("option").all_inner_texts() == ["gpt-4o-mini", "gpt-4o"]
+    picker.select_option("gpt-4o")
+    answer = send(page, f"Hi {marker}\n#mock tokens=3 rate=0")
+    expect(answer.locator(".meta")).to_have_text("gpt-4o")
+    expect(answer).to_have_attribute("data-status", "done")
+    assert llm_request(stack, marker).body["model"] == "gpt-4o"
 
 
 def test_an_unreachable_url_from_the_query_shows_the_connection_error(open_page: Any) -> None:

@@ -129,3 +129,17 @@ def test_the_message_handler_never_imports_the_llm_client():
     ).stdout
     loaded = json.loads(out.strip().splitlines()[-1])
     assert not [m for m in loaded if m.startswith(("openai", "httpx", "llmstream.llm"))]
+
+
+def test_a_bedrock_model_is_published_with_provider_bedrock_for_the_fan_out(
+    aws, lambda_context, monkeypatch
+):
+    bedrock_model = "anthropic.claude-3-haiku-20240307-v1:0"
+    monkeypatch.setenv("ALLOWED_MODELS", f"gpt-4o-mini,{bedrock_model}")
+    monkeypatch.setenv("MODEL_PROVIDERS", f"{bedrock_model}=bedrock")
+    event = load_event("send-message.json")
+    event["body"] = json.dumps({"action": "sendMessage", "prompt": "hi", "model": bedrock_model})
+    answer(load_handler("message").lambda_handler(event, lambda_context))
+    [notification] = aws.published()
+    assert notification["MessageAttributes"]["provider"] == {"Type": "String", "Value": "bedrock"}
+    assert json.loads(notification["Message"])["provider"] == "bedrock"

@@ -437,14 +437,22 @@ def test_message_function_cannot_manage_connections_or_read_secrets(
 def test_message_function_publishes_only_to_the_prompt_topic_and_uses_only_connections(
     template: dict[str, Any],
 ) -> None:
-    scopes = {
-        action.split(":")[0]: scope
-        for actions, scope in grants(template["Resources"]["MessageFunction"]["Properties"])
-        for action in actions
-    }
+    granted = grants(template["Resources"]["MessageFunction"]["Properties"])
+    scopes: dict[str, list[Any]] = {}
+    for actions, scope in granted:
+        for service in sorted({action.split(":")[0] for action in actions}):
+            scopes.setdefault(service, []).extend(scope)
     assert scopes == {
-        "dynamodb": [{"Ref": "ConnectionsTable"}],
+        "dynamodb": [{"Ref": "ConnectionsTable"}, {"Fn::GetAtt": ["FramesTable", "Arn"]}],
         "sns": [{"Fn::GetAtt": ["PromptTopic", "TopicName"]}],
+    }
+    # Control items only (create, cancel, resume): no Query, so never the stored frames.
+    (frames,) = [a for a, scope in granted if scope == [{"Fn::GetAtt": ["FramesTable", "Arn"]}]]
+    assert frames == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
     }
 
 

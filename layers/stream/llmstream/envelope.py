@@ -1,6 +1,9 @@
-"""The versioned SNS message that carries one prompt from the message handler to a stream function.
+"""The versioned SNS messages from the message handler to a stream function: a prompt to stream,
+or (``"kind": "resume"``) a finished answer to replay to a client that reconnected.
 
-The message handler builds it; every stream subscriber parses it and ignores what it cannot trust.
+The message handler builds them; every stream subscriber parses them and ignores what it cannot
+trust. A prompt document has no ``kind``, so a stream function that predates resume ignores a
+resume document as a prompt without messages.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .protocol import REQUEST_ID_PATTERN, ROLES
+from .protocol import MAX_SEQ, REQUEST_ID_PATTERN, ROLES
 
 ENVELOPE_VERSION = 1
+RESUME_KIND = "resume"
 
 
 class InvalidEnvelope(ValueError):
@@ -33,6 +37,7 @@ class PromptEnvelope:
     conversation_id: str | None = None
     principal_id: str | None = None
     received_at: int = 0
+    resumable: bool = False
     version: int = ENVELOPE_VERSION
 
     @property
@@ -55,6 +60,7 @@ class PromptEnvelope:
                 "maxTokens": self.max_tokens,
                 "keepOpen": self.keep_open,
                 "conversationId": self.conversation_id,
+                "resumable": self.resumable,
             },
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
@@ -81,13 +87,10 @@ def _field(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = Fal
 
 
 def parse_envelope(raw: str) -> PromptEnvelope:
-    """Parse and check an SNS message body; raise InvalidEnvelope without echoing content."""
-    try:
-        doc = json.loads(raw)
-    except (TypeError, ValueError, RecursionError):
-        raise InvalidEnvelope("message is not JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidEnvelope("message is not a JSON object")
+    """Parse and check a prompt message body; raise InvalidEnvelope without echoing content."""
+    doc = _json_object(raw)
+    if doc.get("kind") is not None:
+        raise InvalidEnvelope("not a prompt")
     version = doc.get("version")
     if version != ENVELOPE_VERSION:
         raise InvalidEnvelope(
@@ -128,4 +131,96 @@ def parse_envelope(raw: str) -> PromptEnvelope:
         conversation_id=_field(options, "conversationId", str, optional=True),
         principal_id=_field(doc, "principalId", str, optional=True),
         received_at=_field(doc, "receivedAt", int, optional=True) or 0,
+        resumable=bool(options.get("resumable", False)),
     )
+
+
+@dataclass(frozen=True)
+class ResumeEnvelope:
+    """Replay a finished answer's stored frames after ``after_seq`` to another connection.
+
+    ``attach`` is the request's resume count after this resume; the stream function replays a
+    given attach once, however often SNS delivers the message.
+    """
+
+    request_id: str
+    connection_id: str
+    domain_name: str
+    stage: str
+    after_seq: int
+    attach: int
+    provider: str
+    principal_id: str | None = None
+    received_at: int = 0
+    version: int = ENVELOPE_VERSION
+
+    def to_json(self) -> str:
+        doc = {
+            "version": self.version,
+            "kind": RESUME_KIND,
+            "requestId": self.request_id,
+            "connectionId": self.connection_id,
+            "domainName": self.domain_name,
+            "stage": self.stage,
+            "principalId": self.principal_id,
+            "receivedAt": self.received_at,
+            "provider": self.provider,
+            "afterSeq": self.after_seq,
+            "attach": self.attach,
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+    def message_attributes(self) -> dict[str, dict[str, str]]:
+        """The provider attribute routes it to a stream function like any prompt."""
+        return {
+            "provider": {"DataType": "String", "StringValue": self.provider},
+            "kind": {"DataType": "String", "StringValue": RESUME_KIND},
+            "version": {"DataType": "Number", "StringValue": str(self.version)},
+        }
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidEnvelope("message is not JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidEnvelope("message is not a JSON object")
+    return doc
+
+
+def _parse_resume(doc: Mapping[str, Any]) -> ResumeEnvelope:
+    if doc.get("version") != ENVELOPE_VERSION:
+        raise InvalidEnvelope("unsupported version")
+    request_id = _field(doc, "requestId", str)
+    if not REQUEST_ID_PATTERN.fullmatch(request_id):
+        raise InvalidEnvelope("field 'requestId' has an invalid format")
+    connection_id = _field(doc, "connectionId", str)
+    if not connection_id or len(connection_id) > 128:
+        raise InvalidEnvelope("field 'connectionId' has an invalid format")
+    after_seq = _field(doc, "afterSeq", int)
+    attach = _field(doc, "attach", int)
+    if not -1 <= after_seq <= MAX_SEQ or attach < 1:
+        raise InvalidEnvelope("field 'afterSeq' or 'attach' is out of range")
+    return ResumeEnvelope(
+        request_id=request_id,
+        connection_id=connection_id,
+        domain_name=_field(doc, "domainName", str),
+        stage=_field(doc, "stage", str),
+        after_seq=after_seq,
+        attach=attach,
+        provider=_field(doc, "provider", str),
+        principal_id=_field(doc, "principalId", str, optional=True),
+        received_at=_field(doc, "receivedAt", int, optional=True) or 0,
+    )
+
+
+def parse_message(raw: str) -> PromptEnvelope | ResumeEnvelope:
+    """Parse any stream message: a prompt, or a resume; raise InvalidEnvelope otherwise."""
+    doc = _json_object(raw)
+    kind = doc.get("kind")
+    if kind == RESUME_KIND:
+        return _parse_resume(doc)
+    if kind is not None:
+        raise InvalidEnvelope("unknown kind")
+    return parse_envelope(raw)

@@ -18,6 +18,8 @@ PROTOCOL_VERSION = 1
 
 class Action(StrEnum):
     SEND_MESSAGE = "sendMessage"
+    CANCEL = "cancel"
+    RESUME = "resume"
 
 
 class ErrorCode(StrEnum):
@@ -111,10 +113,31 @@ class SendMessage:
     model: str
     keep_open: bool = False
     conversation_id: str | None = None
+    resumable: bool = False
     action: Action = field(default=Action.SEND_MESSAGE, init=False)
 
 
-ClientMessage = SendMessage
+@dataclass(frozen=True)
+class Cancel:
+    """Stop the answer to ``request_id``; it ends with ``finishReason: "cancelled"``."""
+
+    request_id: str
+    action: Action = field(default=Action.CANCEL, init=False)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Send the rest of ``request_id``'s answer, the deltas after ``after_seq``, to this socket."""
+
+    request_id: str
+    after_seq: int = -1
+    action: Action = field(default=Action.RESUME, init=False)
+
+
+ClientMessage = SendMessage | Cancel | Resume
+
+MAX_SEQ = 2**31 - 1
+"""The largest ``seq`` (and ``afterSeq``) the protocol allows."""
 
 
 @dataclass(frozen=True)
@@ -275,13 +298,31 @@ def _send_message(body: Mapping[str, Any], limits: Limits, request_id: str) -> S
     keep_open = body.get("keepOpen", False)
     if not isinstance(keep_open, bool):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'keepOpen' must be a boolean", request_id)
+    resumable = body.get("resumable", False)
+    if not isinstance(resumable, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'resumable' must be a boolean", request_id)
     if conversation_id is not None and not REQUEST_ID_PATTERN.fullmatch(conversation_id):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
             "'conversationId' must be 1-128 characters of letters, digits or ._:=+/-",
             request_id,
         )
-    return SendMessage(request_id, messages, model, keep_open, conversation_id)
+    return SendMessage(request_id, messages, model, keep_open, conversation_id, resumable)
+
+
+def _resume(body: Mapping[str, Any], request_id: str) -> Resume:
+    after_seq = body.get("afterSeq", -1)
+    if (
+        isinstance(after_seq, bool)
+        or not isinstance(after_seq, int)
+        or not -1 <= after_seq <= MAX_SEQ
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "'afterSeq' must be an integer from -1 (nothing received yet) to the last seq received",
+            request_id,
+        )
+    return Resume(request_id, after_seq)
 
 
 def parse_client_message(
@@ -315,6 +356,13 @@ def parse_client_message(
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'action' is required", request_id)
     if action == Action.SEND_MESSAGE.value:
         return _send_message(parsed, limits, request_id)
+    if action in (Action.CANCEL.value, Action.RESUME.value):
+        # These name an answer the client asked for; the gateway's own id names nothing.
+        if parsed.get("requestId") is None:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"'requestId' is required to {action}", request_id
+            )
+        return Cancel(request_id) if action == Action.CANCEL.value else _resume(parsed, request_id)
     shown = action[:64] if isinstance(action, str) else _json_type(action)
     known = ", ".join(a.value for a in Action)
     raise ProtocolError(
@@ -354,12 +402,29 @@ SCHEMA: dict[str, Any] = {
                 "model": {"type": "string"},
                 "keepOpen": {"type": "boolean"},
                 "conversationId": _REQUEST_ID,
+                "resumable": {"type": "boolean"},
             },
             "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
+        },
+        "cancel": {
+            "type": "object",
+            "required": ["action", "requestId"],
+            "properties": {"action": {"const": "cancel"}, "requestId": _REQUEST_ID},
+        },
+        "resume": {
+            "type": "object",
+            "required": ["action", "requestId"],
+            "properties": {
+                "action": {"const": "resume"},
+                "requestId": _REQUEST_ID,
+                "afterSeq": {"type": "integer", "minimum": -1, "maximum": MAX_SEQ},
+            },
         },
         "clientMessage": {
             "oneOf": [
                 {"$ref": "#/$defs/sendMessage"},
+                {"$ref": "#/$defs/cancel"},
+                {"$ref": "#/$defs/resume"},
             ]
         },
         "accepted": {

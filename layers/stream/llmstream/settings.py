@@ -29,6 +29,20 @@ def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in (value or "").split(",") if item.strip())
 
 
+LLM_PROVIDERS = ("openai", "bedrock")
+
+
+def _model_providers(value: str | None) -> tuple[tuple[str, str], ...]:
+    """``model=provider`` pairs; a model ending in ``*`` is a prefix (``anthropic.*=bedrock``)."""
+    pairs = []
+    for item in _csv(value):
+        model, _, provider = item.rpartition("=")
+        if not model.strip() or provider.strip() not in LLM_PROVIDERS:
+            raise ValueError(f"MODEL_PROVIDERS: {item!r} is not model=openai or model=bedrock")
+        pairs.append((model.strip(), provider.strip()))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     # Resources
@@ -42,6 +56,8 @@ class Settings:
     llm_provider: str = "openai"
     llm_model: str = "gpt-4o-mini"
     allowed_models: tuple[str, ...] = ()
+    model_providers: tuple[tuple[str, str], ...] = ()
+    """Which provider serves which model (MODEL_PROVIDERS); others go to ``llm_provider``."""
     llm_base_url: str = ""
     llm_api_key_secret: str = ""
     max_tokens: int = 1024
@@ -70,6 +86,14 @@ class Settings:
     # Privacy
     log_content: bool = False
 
+    # Sessions: conversation history, cancel and resume (docs/sessions.md)
+    history_max_turns: int = 20
+    history_max_tokens: int = 4000
+    history_ttl_seconds: int = 24 * 60 * 60
+    resume_ttl_seconds: int = 10 * 60
+    resume_grace_seconds: float = 30.0
+    control_poll_interval: float = 0.2
+
     def limits(self) -> Limits:
         """What a client may send to this deployment."""
         return Limits(
@@ -95,6 +119,7 @@ class Settings:
             llm_provider=env.get("LLM_PROVIDER", d.llm_provider) or d.llm_provider,
             llm_model=env.get("LLM_MODEL", d.llm_model) or d.llm_model,
             allowed_models=_csv(env.get("ALLOWED_MODELS")),
+            model_providers=_model_providers(env.get("MODEL_PROVIDERS")),
             llm_base_url=env.get("LLM_BASE_URL", d.llm_base_url),
             llm_api_key_secret=env.get("LLM_API_KEY_SECRET", d.llm_api_key_secret),
             max_tokens=int(env.get("MAX_TOKENS", d.max_tokens)),
@@ -118,6 +143,13 @@ class Settings:
                 env.get("PRINCIPAL_RATE_LIMIT_PER_MINUTE", d.principal_rate_limit_per_minute)
             ),
             log_content=_bool(env.get("LOG_CONTENT"), d.log_content),
+            history_max_turns=int(env.get("HISTORY_MAX_TURNS", d.history_max_turns)),
+            history_max_tokens=int(env.get("HISTORY_MAX_TOKENS", d.history_max_tokens)),
+            history_ttl_seconds=int(env.get("HISTORY_TTL_SECONDS", d.history_ttl_seconds)),
+            resume_ttl_seconds=int(env.get("RESUME_TTL_SECONDS", d.resume_ttl_seconds)),
+            resume_grace_seconds=float(env.get("RESUME_GRACE_SECONDS", d.resume_grace_seconds)),
+            control_poll_interval=float(env.get("CONTROL_POLL_MS", d.control_poll_interval * 1000))
+            / 1000,
         )
 
 

@@ -25,6 +25,8 @@ class Outcome:
     DELIVERY_FAILED = "delivery_failed"
     FAILED = "failed"
     """A bug or an outage on our side; the client got an ``internal`` error frame."""
+    CANCELLED = "cancelled"
+    """The client cancelled; it got ``end`` with ``finishReason: "cancelled"``."""
 
 
 @dataclass
@@ -82,11 +84,20 @@ def stream_answer(
     clock: Callable[[], float] = time.monotonic,
     keep_text: bool = False,
     on_finish: Callable[[], None] = lambda: None,
+    cancelled: Callable[[], bool] = lambda: False,
+    before_end: Callable[[str, str], None] | None = None,
 ) -> StreamResult:
     """Stream the answer. ``on_finish`` runs once, just before the last frame is queued: a
-    client that sends its next prompt on seeing ``end`` finds its stream slot already free."""
+    client that sends its next prompt on seeing ``end`` finds its stream slot already free.
+
+    ``cancelled`` is asked before the model is called and before each chunk is passed on; once
+    it says yes the model's stream is closed and ``end`` (``cancelled``) follows the text already
+    handed to the sender, so at most the one frame being assembled precedes it.
+    ``before_end(outcome, text)`` runs just before ``end`` is queued (completed or cancelled),
+    with the whole text of the answer: history is stored there, ahead of the client's next turn.
+    """
     rid = envelope.request_id
-    kept: list[str] | None = [] if keep_text else None
+    kept: list[str] | None = [] if keep_text or before_end is not None else None
     started = clock()
     first_token_at: float | None = None
     finish_reason: str | None = None
@@ -109,6 +120,8 @@ def stream_answer(
 
     sender.send(start_frame(rid, envelope.model))
     try:
+        if cancelled():  # before the model was even called
+            raise _Cancelled
         budget = max(0.0, min(limits.retry_budget, remaining_time() - limits.deadline_margin))
         read_timeout = max(1.0, min(limits.read_timeout, remaining_time() - limits.deadline_margin))
         stream = retry_before_first_token(
@@ -121,6 +134,8 @@ def stream_answer(
             budget=budget,
         )
         for chunk in stream:
+            if cancelled():
+                raise _Cancelled
             if sender.gone:
                 outcome = Outcome.GONE
                 break
@@ -145,6 +160,8 @@ def stream_answer(
                     Outcome.TIMEOUT,
                 )
                 break
+    except _Cancelled:
+        outcome = Outcome.CANCELLED
     except LLMTimeout as exc:
         outcome = fail(ErrorCode.TIMEOUT, exc.message, Outcome.TIMEOUT)
     except LLMError as exc:
@@ -161,10 +178,18 @@ def stream_answer(
             _close_quietly(stream)
 
     finish()
+    text = None if kept is None else "".join(kept)
+    if outcome in (Outcome.COMPLETED, Outcome.CANCELLED) and before_end is not None:
+        try:
+            before_end(outcome, text or "")
+        except Exception:  # the answer itself is fine: deliver its end all the same
+            logger.exception("could not finish the turn")
     if outcome == Outcome.COMPLETED:
         sender.send(
             end_frame(rid, normalise_finish_reason(finish_reason), input_tokens, output_tokens)
         )
+    elif outcome == Outcome.CANCELLED:
+        sender.send(end_frame(rid, FinishReason.CANCELLED.value, input_tokens, output_tokens))
     stats = sender.close()
     if outcome == Outcome.COMPLETED and (sender.gone or sender.failed):
         outcome = Outcome.GONE if sender.gone else Outcome.DELIVERY_FAILED
@@ -177,8 +202,12 @@ def stream_answer(
         first_token_at=first_token_at,
         finished_at=clock(),
         send=stats,
-        text=None if kept is None else "".join(kept),
+        text=text if keep_text else None,
     )
+
+
+class _Cancelled(Exception):
+    """The client cancelled the answer."""
 
 
 def _close_quietly(stream: ChunkStream) -> None:
