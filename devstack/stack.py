@@ -40,7 +40,6 @@ TEMPLATE_DEFAULTS: dict[str, str] = {
     "LLM_PROVIDER": "openai",
     "LLM_MODEL": "gpt-4o-mini",
     "ALLOWED_MODELS": "",
-    "MODEL_PROVIDERS": "",
     "LLM_API_KEY_SECRET": "llm-stream/openai-api-key",
     "MAX_TOKENS": "1024",
     "SYSTEM_PROMPT": "You are a helpful assistant. Answer concisely.",
