@@ -77,3 +77,19 @@ def aws(monkeypatch) -> Iterator[Aws]:
         }.items():
             monkeypatch.setenv(key, value)
         yield Aws(dynamodb, sns, sqs, "connections", topic_arn, queue_url)
+
+
+@pytest.fixture
+def stream_env(aws, mock_llm, monkeypatch):
+    """The stream function's world: moto resources, the mock LLM, no batching delay."""
+    from tests.unit.streams import prepare_stream_env
+
+    return prepare_stream_env(aws, mock_llm, monkeypatch)
+
+
+@pytest.fixture
+def closed(monkeypatch) -> list[str]:
+    """Connections the stream function closed (moto itself forgets them)."""
+    from tests.unit.streams import record_closes
+
+    return record_closes(monkeypatch)

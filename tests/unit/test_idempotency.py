@@ -11,25 +11,12 @@ from llmstream.idempotency import Claim, Deduplicator, Status
 from moto import mock_aws
 
 from tests.conftest import load_handler
-from tests.unit.test_stream_function import (
+from tests.unit.streams import (
     IDEMPOTENCY_TABLE,
     envelope,
     frames_posted,
-    prepare_stream_env,
-    record_closes,
     sns_event,
 )
-
-
-@pytest.fixture
-def stream_env(aws, mock_llm, monkeypatch):
-    return prepare_stream_env(aws, mock_llm, monkeypatch)
-
-
-@pytest.fixture
-def closed(monkeypatch) -> list[str]:
-    return record_closes(monkeypatch)
-
 
 KEY = "Kx3vYdqgoAMCJyQ=#req-123"
 

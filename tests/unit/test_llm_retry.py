@@ -8,25 +8,13 @@ import random
 import pytest
 from llmstream.llm import LLMError, retry_before_first_token
 
-from tests.unit.test_stream_function import (
+from tests.unit.streams import (
     deltas_text,
     envelope,
     frames_posted,
-    prepare_stream_env,
-    record_closes,
     run,
     sns_event,
 )
-
-
-@pytest.fixture
-def stream_env(aws, mock_llm, monkeypatch):
-    return prepare_stream_env(aws, mock_llm, monkeypatch)
-
-
-@pytest.fixture
-def closed(monkeypatch) -> list[str]:
-    return record_closes(monkeypatch)
 
 
 class FakeTime:

@@ -15,15 +15,13 @@ from llmstream.providers import build_provider, provider_for_model
 from llmstream.settings import Settings
 
 from tests.conftest import load_handler
-from tests.unit.test_bedrock import MODEL, FakeBedrock, Reply, answer, exception
-from tests.unit.test_stream_function import (
+from tests.unit.streams import (
     deltas_text,
     envelope,
     frames_posted,
-    prepare_stream_env,
-    record_closes,
     sns_event,
 )
+from tests.unit.test_bedrock import MODEL, FakeBedrock, Reply, answer, exception
 
 ROUTES = "anthropic.claude-3-haiku-20240307-v1:0=bedrock,gpt-4o-mini=openai,anthropic.*=bedrock"
 
@@ -102,16 +100,6 @@ def fake_bedrock(monkeypatch) -> Iterator[FakeBedrock]:
         bedrock._client.cache_clear()
         yield fake
     bedrock._client.cache_clear()
-
-
-@pytest.fixture
-def stream_env(aws, mock_llm, monkeypatch):
-    return prepare_stream_env(aws, mock_llm, monkeypatch)
-
-
-@pytest.fixture
-def closed(monkeypatch) -> list[str]:
-    return record_closes(monkeypatch)
 
 
 def bedrock_event(prompt: str = "Write a haiku.") -> dict:

@@ -6,26 +6,12 @@ from __future__ import annotations
 import itertools
 import json
 
-import pytest
 from llmstream import ratelimit
 
 from tests.conftest import load_event, load_handler
-from tests.unit.test_stream_function import (
+from tests.unit.streams import (
     frames_posted,
-    prepare_stream_env,
-    record_closes,
 )
-
-
-@pytest.fixture
-def stream_env(aws, mock_llm, monkeypatch):
-    return prepare_stream_env(aws, mock_llm, monkeypatch)
-
-
-@pytest.fixture
-def closed(monkeypatch) -> list[str]:
-    return record_closes(monkeypatch)
-
 
 REQUEST_IDS = (f"req-{i}" for i in itertools.count())
 

@@ -4,89 +4,18 @@ Management API, plus botocore's Stubber where moto cannot fake a fault (a gone c
 from __future__ import annotations
 
 import json
-from urllib.parse import quote, unquote
 
 import pytest
 from botocore.stub import Stubber
-from moto.apigatewaymanagementapi.models import (
-    ApiGatewayManagementApiBackend,
-    apigatewaymanagementapi_backends,
-)
 
 from tests.conftest import load_event, load_handler
-
-IDEMPOTENCY_TABLE = "idempotency"
-
-
-def prepare_stream_env(aws, mock_llm, monkeypatch):
-    """The stream function's world: the tables, the mock LLM, no batching delay."""
-    aws.dynamodb.create_table(
-        TableName=IDEMPOTENCY_TABLE,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    monkeypatch.setenv("IDEMPOTENCY_TABLE", IDEMPOTENCY_TABLE)
-    monkeypatch.setenv("LLM_BASE_URL", mock_llm.base_url)
-    monkeypatch.setenv("MIN_FRAME_INTERVAL_MS", "0")
-    mock_llm.reset()
-    return aws
-
-
-def record_closes(monkeypatch) -> list[str]:
-    """moto forgets a connection's data on DeleteConnection; keep it and record the close."""
-    deleted: list[str] = []
-    monkeypatch.setattr(
-        ApiGatewayManagementApiBackend,
-        "delete_connection",
-        lambda self, connection_id: deleted.append(unquote(connection_id)),
-    )
-    return deleted
-
-
-@pytest.fixture
-def stream_env(aws, mock_llm, monkeypatch):
-    return prepare_stream_env(aws, mock_llm, monkeypatch)
-
-
-@pytest.fixture
-def closed(monkeypatch) -> list[str]:
-    return record_closes(monkeypatch)
-
-
-def sns_event(prompt: str | None = None, **changes) -> dict:
-    event = load_event("stream-sns.json")
-    document = json.loads(event["Records"][0]["Sns"]["Message"])
-    if prompt is not None:
-        document["messages"] = [{"role": "user", "content": prompt}]
-    document.update(changes)
-    event["Records"][0]["Sns"]["Message"] = json.dumps(document)
-    return event
-
-
-def envelope(event: dict) -> dict:
-    return json.loads(event["Records"][0]["Sns"]["Message"])
-
-
-def frames_posted(connection_id: str) -> list[dict]:
-    # moto keys connections by the id as it appears in the URL path
-    connections = apigatewaymanagementapi_backends["123456789012"]["us-east-1"].connections
-    if quote(connection_id, safe="") not in connections:
-        return []
-    data = connections[quote(connection_id, safe="")].data.decode()
-    decoder, frames, i = json.JSONDecoder(), [], 0
-    while i < len(data):
-        frame, i = decoder.raw_decode(data, i)
-        frames.append(frame)
-    return frames
-
-
-def deltas_text(frames: list[dict]) -> str:
-    return "".join(f["text"] for f in frames if f["type"] == "delta")
-
-
-def run(event, context):
-    return load_handler("stream").lambda_handler(event, context)
+from tests.unit.streams import (
+    deltas_text,
+    envelope,
+    frames_posted,
+    run,
+    sns_event,
+)
 
 
 def test_a_streamed_answer_arrives_as_start_deltas_and_end_then_the_connection_closes(
