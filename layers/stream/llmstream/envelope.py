@@ -23,6 +23,19 @@ class InvalidEnvelope(ValueError):
     """The SNS message is not a version-1 prompt document; the reason never quotes the prompt."""
 
 
+def _addressed(envelope: PromptEnvelope | ResumeEnvelope) -> dict[str, Any]:
+    """The fields every SNS document carries: its version, its request and where to answer."""
+    return {
+        "version": envelope.version,
+        "requestId": envelope.request_id,
+        "connectionId": envelope.connection_id,
+        "domainName": envelope.domain_name,
+        "stage": envelope.stage,
+        "principalId": envelope.principal_id,
+        "receivedAt": envelope.received_at,
+    }
+
+
 @dataclass(frozen=True)
 class PromptEnvelope:
     request_id: str
@@ -46,13 +59,7 @@ class PromptEnvelope:
 
     def to_json(self) -> str:
         doc = {
-            "version": self.version,
-            "requestId": self.request_id,
-            "connectionId": self.connection_id,
-            "domainName": self.domain_name,
-            "stage": self.stage,
-            "principalId": self.principal_id,
-            "receivedAt": self.received_at,
+            **_addressed(self),
             "model": self.model,
             "provider": self.provider,
             "messages": [dict(m) for m in self.messages],
@@ -156,14 +163,8 @@ class ResumeEnvelope:
 
     def to_json(self) -> str:
         doc = {
-            "version": self.version,
+            **_addressed(self),
             "kind": RESUME_KIND,
-            "requestId": self.request_id,
-            "connectionId": self.connection_id,
-            "domainName": self.domain_name,
-            "stage": self.stage,
-            "principalId": self.principal_id,
-            "receivedAt": self.received_at,
             "provider": self.provider,
             "afterSeq": self.after_seq,
             "attach": self.attach,
