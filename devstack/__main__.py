@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--isolation", choices=["process", "thread"], default="process")
     parser.add_argument(
+        "--bedrock-fanout",
+        action="store_true",
+        help="like EnableBedrockFanout=true: a second stream function serves the Bedrock model "
+        "from a mock Bedrock endpoint",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         post_latency=args.post_latency,
         throttle_every=args.throttle_every,
         isolation=args.isolation,
+        bedrock_fanout=args.bedrock_fanout,
         env=env,
     )
     stop = threading.Event()
@@ -98,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             f"LLM: {llm}\nManagement API: {stack.management_url}  AWS (moto): {stack.moto_url}",
             flush=True,
         )
+        if stack.mock_bedrock is not None:
+            bedrock = stack.models()[-1]
+            print(f"Bedrock: {bedrock} at {stack.mock_bedrock.endpoint_url} (mock)", flush=True)
         if stack.auth_mode == "hmac":
             token = stack.mint_token()
             print(f"Auth: hmac; connect with {stack.ws_url}/?token={token}", flush=True)

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ TEMPLATE_DEFAULTS: dict[str, str] = {
     "POWERTOOLS_LOG_LEVEL": "INFO",
     "POWERTOOLS_LOGGER_LOG_EVENT": "false",
 }
+
+BEDROCK_MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
+"""template.yaml's BedrockModelId default: the model the Bedrock fan-out serves."""
 
 TABLES: dict[str, dict[str, Any]] = {
     # env var -> key schema, as template.yaml declares the tables
@@ -117,6 +120,7 @@ class StackConfig:
     extra_functions: list[FunctionSpec] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)  # besides StreamFunction's
     static_dir: Path | None = None  # None: devstack/static
+    bedrock_fanout: bool = False  # EnableBedrockFanout=true, with the mock Bedrock endpoint
     mock_llm_log: bool = False
 
 
@@ -127,6 +131,7 @@ class LocalStack:
         self.config = config or StackConfig()
         self.ws_url = self.http_url = self.management_url = self.moto_url = ""
         self.mock_llm: Any = None
+        self.mock_bedrock: Any = None
         self.llm_base_url = ""
         self.topic_arn = self.dead_letter_queue_url = ""
         self.hmac_secret = ""
@@ -178,6 +183,10 @@ class LocalStack:
             self.mock_llm = MockLLM(cfg.host, 0, log=cfg.mock_llm_log).start()
             base_url = self.mock_llm.base_url
         self.llm_base_url = base_url
+        if self.bedrock_fanout:
+            from .mock_bedrock import MockBedrock
+
+            self.mock_bedrock = MockBedrock(cfg.host).start()
         self._create_resources()
 
         self._loop = asyncio.new_event_loop()
@@ -204,6 +213,8 @@ class LocalStack:
             self._loop = None
             if self.mock_llm is not None:
                 self.mock_llm.stop()
+            if self.mock_bedrock is not None:
+                self.mock_bedrock.stop()
             if self._moto is not None:
                 self._reset_moto()
                 self._moto.stop()
@@ -313,9 +324,32 @@ class LocalStack:
         env.update(cfg.env)
         return env
 
+    @property
+    def bedrock_fanout(self) -> bool:
+        """Like the template's BedrockFanout condition: asked for, and not already on Bedrock."""
+        return self.config.bedrock_fanout and self.function_env()["LLM_PROVIDER"] != "bedrock"
+
+    def function_overrides(self, name: str) -> dict[str, str]:
+        """One function's own Environment on top of the Globals, as template.yaml sets it."""
+        if not self.bedrock_fanout:
+            return {}
+        if name == "message":  # clients may pick the Bedrock model; it is routed there
+            allowed = self.function_env()["ALLOWED_MODELS"] or ""
+            return {
+                "ALLOWED_MODELS": ",".join([allowed, BEDROCK_MODEL_ID]),
+                "MODEL_PROVIDERS": f"{BEDROCK_MODEL_ID}=bedrock",
+            }
+        if name == "bedrock-stream":
+            return {
+                "LLM_PROVIDER": "bedrock",
+                "LLM_MODEL": BEDROCK_MODEL_ID,
+                "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": self.mock_bedrock.endpoint_url,
+            }
+        return {}
+
     def models(self) -> list[str]:
         """The models a client may ask for, the default first (what the chat page offers)."""
-        env = self.function_env()
+        env = {**self.function_env(), **self.function_overrides("message")}
         default = env["LLM_MODEL"] or ""
         allowed = [m.strip() for m in (env["ALLOWED_MODELS"] or "").split(",") if m.strip()]
         return [default, *(m for m in allowed if m != default)]
@@ -344,15 +378,31 @@ class LocalStack:
                     memory_mb=defaults.memory_mb,
                     async_retries=defaults.async_retries,
                     max_concurrency=cfg.max_concurrency.get(name, 100 if name == "stream" else 10),
+                    env=self.function_overrides(name),
                     isolation=cfg.isolation,
+                )
+            )
+        stream = next((s for s in specs if s.name == "stream"), None)
+        if self.bedrock_fanout and stream is not None:  # BedrockStreamFunction: the same code
+            specs.append(
+                replace(
+                    stream,
+                    name="bedrock-stream",
+                    function_name=f"{PREFIX}-BedrockStreamFunction",
+                    max_concurrency=cfg.max_concurrency.get("bedrock-stream", 100),
+                    env=self.function_overrides("bedrock-stream"),
                 )
             )
         return specs + list(cfg.extra_functions)
 
     def subscriptions(self) -> list[Subscription]:
         provider = self.function_env()["LLM_PROVIDER"]
-        stream = Subscription("stream", {STREAM_FILTER_ATTRIBUTE: [provider]})
-        return [stream, *self.config.subscriptions]
+        subscriptions = [Subscription("stream", {STREAM_FILTER_ATTRIBUTE: [provider]})]
+        if self.bedrock_fanout:
+            subscriptions.append(
+                Subscription("bedrock-stream", {STREAM_FILTER_ATTRIBUTE: ["bedrock"]})
+            )
+        return [*subscriptions, *self.config.subscriptions]
 
     async def _dead_letter(self, inv: Invocation) -> None:
         """Lambda's on-failure destination: the event and its last error, to the SQS queue."""

@@ -1,21 +1,15 @@
-"""The Bedrock provider against a local ConverseStream endpoint that speaks AWS event-stream
-framing, so a real bedrock-runtime client signs, sends and parses every frame; botocore's
-Stubber covers a request error without any HTTP at all."""
+"""The Bedrock provider against devstack's MockBedrock, a ConverseStream endpoint that speaks AWS
+event-stream framing, so a real bedrock-runtime client signs, sends and parses every frame;
+botocore's Stubber covers a request error without any HTTP at all."""
 
 from __future__ import annotations
 
 import json
-import struct
-import threading
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import boto3
 import pytest
-from botocore.config import Config
 from botocore.stub import Stubber
 from llmstream import bedrock
 from llmstream.bedrock import BedrockProvider, bedrock_client
@@ -24,191 +18,26 @@ from llmstream.llm import Chunk, LLMError, LLMTimeout, retry_before_first_token
 from llmstream.sender import FrameSender
 from llmstream.streaming import Outcome, stream_answer
 
+from devstack.mock_bedrock import MockBedrock, Reply, answer, event, exception
+
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 SECRET = "SECRET PROMPT"
 
-# ----------------------------------------------------------------------------- event-stream frames
 
-
-def _header(name: str, value: str) -> bytes:
-    key, data = name.encode(), value.encode()
-    return struct.pack(">B", len(key)) + key + b"\x07" + struct.pack(">H", len(data)) + data
-
-
-def frame(headers: dict[str, str], payload: bytes) -> bytes:
-    """One application/vnd.amazon.eventstream message: prelude, headers, payload, CRCs."""
-    encoded = b"".join(_header(k, v) for k, v in headers.items())
-    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
-    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload
-    return message + struct.pack(">I", zlib.crc32(message))
-
-
-def event(kind: str, body: dict[str, Any]) -> bytes:
-    headers = {":event-type": kind, ":content-type": "application/json", ":message-type": "event"}
-    return frame(headers, json.dumps(body).encode())
-
-
-def exception(kind: str, message: str) -> bytes:
-    headers = {
-        ":exception-type": kind,
-        ":content-type": "application/json",
-        ":message-type": "exception",
-    }
-    return frame(headers, json.dumps({"message": message}).encode())
-
-
-def delta(text: str) -> bytes:
-    return event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": text}})
-
-
-def answer(*texts: str, stop: str = "end_turn", usage: tuple[int, int] = (12, 3)) -> list[bytes]:
-    """The events of a whole ConverseStream answer, as Bedrock sends them (a text block has
-    no contentBlockStart: only tool use blocks do)."""
-    return [
-        event("messageStart", {"role": "assistant"}),
-        *(delta(t) for t in texts),
-        event("contentBlockStop", {"contentBlockIndex": 0}),
-        event("messageStop", {"stopReason": stop}),
-        event(
-            "metadata",
-            {
-                "usage": {
-                    "inputTokens": usage[0],
-                    "outputTokens": usage[1],
-                    "totalTokens": sum(usage),
-                },
-                "metrics": {"latencyMs": 42},
-            },
-        ),
-    ]
-
-
-# ----------------------------------------------------------------------------- the endpoint
-
-
-@dataclass
-class Reply:
-    """What the endpoint answers to one request."""
-
-    events: list[bytes] = field(default_factory=list)
-    status: int = 200
-    error: str = ""
-    then: str = "end"
-    """After the events: "end" the stream, "stall" (send nothing more), or "trickle" deltas
-    until the client hangs up."""
-    header_delay: float = 0.0
-
-
-@dataclass
-class Request:
-    path: str
-    body: dict[str, Any]
-    headers: dict[str, str]
-    client_closed: threading.Event = field(default_factory=threading.Event)
-
-
-class FakeBedrock:
-    """A ConverseStream endpoint on 127.0.0.1 that plays scripted replies in order."""
-
-    def __init__(self) -> None:
-        self.replies: list[Reply] = []
-        self.requests: list[Request] = []
-        self.stopping = threading.Event()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                request = Request(self.path, json.loads(raw or b"{}"), dict(self.headers))
-                fake.requests.append(request)
-                reply = fake.replies.pop(0) if fake.replies else Reply(answer("ok"))
-                if reply.header_delay:
-                    fake.stopping.wait(reply.header_delay)
-                if reply.status != 200:
-                    self._error(reply)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/vnd.amazon.eventstream")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                try:
-                    for data in reply.events:
-                        self._chunk(data)
-                    if reply.then == "stall":
-                        fake.stopping.wait(30)
-                    elif reply.then == "trickle":
-                        while not fake.stopping.wait(0.01):
-                            self._chunk(delta("more "))
-                    self._chunk(b"")
-                except OSError:  # the client closed the connection
-                    request.client_closed.set()
-                    self.close_connection = True
-
-            def _chunk(self, data: bytes) -> None:
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                self.wfile.flush()
-
-            def _error(self, reply: Reply) -> None:
-                # Bedrock's messages can echo the request; the provider must never pass them on.
-                body = json.dumps({"message": f"{reply.error}: {SECRET} was refused"}).encode()
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("x-amzn-ErrorType", f"{reply.error}:http://internal.amazon.com/")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def __enter__(self) -> FakeBedrock:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def reply(self, *replies: Reply) -> None:
-        self.replies.extend(replies)
-
-    def client(self, read_timeout: float) -> Any:
-        """A bedrock-runtime client for this endpoint, configured as the provider's own."""
-        return boto3.client(
-            "bedrock-runtime",
-            region_name="us-east-1",
-            endpoint_url=self.url,
-            config=Config(
-                read_timeout=read_timeout,
-                connect_timeout=5,
-                retries={"total_max_attempts": 1, "mode": "standard"},
-            ),
-        )
+@pytest.fixture
+def mock_bedrock() -> Iterator[MockBedrock]:
+    with MockBedrock() as mock:
+        yield mock
 
 
 @pytest.fixture
-def fake_bedrock() -> Iterator[FakeBedrock]:
-    with FakeBedrock() as fake:
-        yield fake
-
-
-@pytest.fixture
-def provider(fake_bedrock: FakeBedrock) -> BedrockProvider:
-    return BedrockProvider(fake_bedrock.client)
+def provider(mock_bedrock: MockBedrock) -> BedrockProvider:
+    return BedrockProvider(mock_bedrock.client)
 
 
 def ask(provider: BedrockProvider, *, read_timeout: float = 5.0, **kwargs: Any):
-    messages = kwargs.pop("messages", [{"role": "user", "content": "Hello"}])
+    # The mock's error messages echo the prompt, as Bedrock's may: none may reach an LLMError.
+    messages = kwargs.pop("messages", [{"role": "user", "content": f"Hello. {SECRET}"}])
     return provider.stream(
         messages, model=MODEL, max_tokens=kwargs.pop("max_tokens", 64), read_timeout=read_timeout
     )
@@ -217,8 +46,8 @@ def ask(provider: BedrockProvider, *, read_timeout: float = 5.0, **kwargs: Any):
 # ----------------------------------------------------------------------------- tests
 
 
-def test_text_deltas_arrive_in_order_then_the_stop_reason_and_the_usage(fake_bedrock, provider):
-    fake_bedrock.reply(Reply(answer("Stream", "ing ", "works.", stop="max_tokens", usage=(9, 3))))
+def test_text_deltas_arrive_in_order_then_the_stop_reason_and_the_usage(mock_bedrock, provider):
+    mock_bedrock.reply(Reply(answer("Stream", "ing ", "works.", stop="max_tokens", usage=(9, 3))))
     chunks = list(ask(provider))
     assert [c.text for c in chunks if c.text] == ["Stream", "ing ", "works."]
     assert Chunk(finish_reason="length") in chunks
@@ -237,15 +66,15 @@ def test_text_deltas_arrive_in_order_then_the_stop_reason_and_the_usage(fake_bed
     ],
 )
 def test_bedrock_stop_reasons_become_protocol_finish_reasons(
-    fake_bedrock, provider, stop_reason, finish_reason
+    mock_bedrock, provider, stop_reason, finish_reason
 ):
-    fake_bedrock.reply(Reply(answer("x", stop=stop_reason)))
+    mock_bedrock.reply(Reply(answer("x", stop=stop_reason)))
     reasons = [c.finish_reason for c in ask(provider) if c.finish_reason]
     assert reasons == [finish_reason]
 
 
 def test_the_request_carries_the_system_prompt_apart_and_turns_of_one_role_merged(
-    fake_bedrock, provider
+    mock_bedrock, provider
 ):
     messages = [
         {"role": "system", "content": "Be brief."},
@@ -254,8 +83,9 @@ def test_the_request_carries_the_system_prompt_apart_and_turns_of_one_role_merge
         {"role": "assistant", "content": "Yes?"},
         {"role": "user", "content": "Third."},
     ]
+    mock_bedrock.reply(Reply(answer("ok")))
     list(ask(provider, messages=messages, max_tokens=77))
-    request = fake_bedrock.requests[-1]
+    request = mock_bedrock.requests[-1]
     assert request.path == f"/model/{MODEL.replace(':', '%3A')}/converse-stream"
     assert request.body == {
         "system": [{"text": "Be brief."}],
@@ -269,13 +99,35 @@ def test_the_request_carries_the_system_prompt_apart_and_turns_of_one_role_merge
     assert request.headers["Authorization"].startswith("AWS4-HMAC-SHA256")  # IAM, no API key
 
 
-def test_without_a_system_prompt_no_system_block_is_sent(fake_bedrock, provider):
+def test_without_a_system_prompt_no_system_block_is_sent(mock_bedrock, provider):
+    mock_bedrock.reply(Reply(answer("ok")))
     list(ask(provider))
-    assert "system" not in fake_bedrock.requests[-1].body
+    assert "system" not in mock_bedrock.requests[-1].body
 
 
-def test_a_model_stream_error_after_two_deltas_becomes_a_final_llm_error(fake_bedrock, provider):
-    fake_bedrock.reply(
+def test_a_mock_line_in_the_prompt_scripts_the_answer_as_for_the_mock_llm(provider):
+    chunks = list(ask(provider, messages=[{"role": "user", "content": "#mock tokens=3 rate=0"}]))
+    assert [c.text for c in chunks if c.text] == ["t0 ", "t1 ", "t2 "]
+    assert chunks[-2:] == [Chunk(finish_reason="stop"), Chunk(input_tokens=3, output_tokens=3)]
+
+    capped = list(
+        ask(provider, messages=[{"role": "user", "content": "#mock tokens=9"}], max_tokens=2)
+    )
+    assert [c.finish_reason for c in capped if c.finish_reason] == ["length"]
+
+    texts = []
+    with pytest.raises(LLMError) as raised:
+        for chunk in ask(provider, messages=[{"role": "user", "content": "#mock fail_after=2"}]):
+            texts.append(chunk.text)
+    assert texts == ["t0 ", "t1 "] and raised.value.status == 424
+
+    with pytest.raises(LLMError) as raised:
+        ask(provider, messages=[{"role": "user", "content": "#mock status=429"}])
+    assert raised.value.retryable and raised.value.status == 429
+
+
+def test_a_model_stream_error_after_two_deltas_becomes_a_final_llm_error(mock_bedrock, provider):
+    mock_bedrock.reply(
         Reply([*answer("one ", "two ")[:3], exception("modelStreamErrorException", SECRET)])
     )
     stream = ask(provider)
@@ -291,9 +143,9 @@ def test_a_model_stream_error_after_two_deltas_becomes_a_final_llm_error(fake_be
 
 
 def test_a_throttling_event_before_any_text_is_retried_and_the_second_attempt_streams(
-    fake_bedrock, provider
+    mock_bedrock, provider
 ):
-    fake_bedrock.reply(
+    mock_bedrock.reply(
         Reply(
             [event("messageStart", {"role": "assistant"}), exception("throttlingException", "")],
             then="trickle",
@@ -303,22 +155,22 @@ def test_a_throttling_event_before_any_text_is_retried_and_the_second_attempt_st
     sleeps: list[float] = []
     stream = retry_before_first_token(lambda: ask(provider), budget=10, sleep=sleeps.append)
     assert "".join(c.text for c in stream) == "after retry"
-    assert len(fake_bedrock.requests) == 2 and len(sleeps) == 1
-    assert fake_bedrock.requests[0].client_closed.wait(5)  # the failed stream was closed
+    assert len(mock_bedrock.requests) == 2 and len(sleeps) == 1
+    assert mock_bedrock.requests[0].client_closed.wait(5)  # the failed stream was closed
 
 
-def test_an_initial_429_is_a_retryable_llm_error_and_the_retry_streams(fake_bedrock, provider):
-    fake_bedrock.reply(Reply(status=429, error="ThrottlingException"))
+def test_an_initial_429_is_a_retryable_llm_error_and_the_retry_streams(mock_bedrock, provider):
+    mock_bedrock.reply(Reply(status=429, error="ThrottlingException"))
     with pytest.raises(LLMError) as raised:
         ask(provider)
     assert raised.value.retryable and raised.value.status == 429
     assert SECRET not in raised.value.message
 
-    fake_bedrock.reply(Reply(status=429, error="ThrottlingException"), Reply(answer("hi")))
+    mock_bedrock.reply(Reply(status=429, error="ThrottlingException"), Reply(answer("hi")))
     sleeps: list[float] = []
     stream = retry_before_first_token(lambda: ask(provider), budget=10, sleep=sleeps.append)
     assert [c.text for c in stream if c.text] == ["hi"]
-    assert len(fake_bedrock.requests) == 3 and len(sleeps) == 1
+    assert len(mock_bedrock.requests) == 3 and len(sleeps) == 1
 
 
 @pytest.mark.parametrize(
@@ -334,9 +186,9 @@ def test_an_initial_429_is_a_retryable_llm_error_and_the_retry_streams(fake_bedr
     ],
 )
 def test_request_errors_become_llm_errors_that_say_whether_to_retry(
-    fake_bedrock, provider, status, error, retryable
+    mock_bedrock, provider, status, error, retryable
 ):
-    fake_bedrock.reply(Reply(status=status, error=error))
+    mock_bedrock.reply(Reply(status=status, error=error))
     with pytest.raises(LLMError) as raised:
         ask(provider)
     assert not isinstance(raised.value, LLMTimeout)
@@ -344,24 +196,24 @@ def test_request_errors_become_llm_errors_that_say_whether_to_retry(
     assert raised.value.message == f"the model failed ({error}, HTTP {status})"
 
 
-def test_a_model_timeout_is_a_retryable_timeout(fake_bedrock, provider):
-    fake_bedrock.reply(Reply(status=408, error="ModelTimeoutException"))
+def test_a_model_timeout_is_a_retryable_timeout(mock_bedrock, provider):
+    mock_bedrock.reply(Reply(status=408, error="ModelTimeoutException"))
     with pytest.raises(LLMTimeout) as raised:
         ask(provider)
     assert raised.value.retryable and raised.value.status == 408
 
 
 def test_a_model_that_sends_no_headers_within_the_read_timeout_is_a_retryable_timeout(
-    fake_bedrock, provider
+    mock_bedrock, provider
 ):
-    fake_bedrock.reply(Reply(answer("late"), header_delay=5))
+    mock_bedrock.reply(Reply(answer("late"), header_delay=5))
     with pytest.raises(LLMTimeout) as raised:
         ask(provider, read_timeout=0.3)
     assert raised.value.retryable
 
 
-def test_a_stream_that_stalls_after_text_ends_in_a_final_timeout(fake_bedrock, provider):
-    fake_bedrock.reply(Reply(answer("a", "b")[:3], then="stall"))
+def test_a_stream_that_stalls_after_text_ends_in_a_final_timeout(mock_bedrock, provider):
+    mock_bedrock.reply(Reply(answer("a", "b")[:3], then="stall"))
     stream = ask(provider, read_timeout=0.3)
     texts = []
     with pytest.raises(LLMTimeout) as raised:
@@ -370,19 +222,19 @@ def test_a_stream_that_stalls_after_text_ends_in_a_final_timeout(fake_bedrock, p
     assert texts == ["a", "b"] and not raised.value.retryable
 
 
-def test_closing_the_stream_mid_answer_hangs_up_on_bedrock_at_once(fake_bedrock, provider):
-    fake_bedrock.reply(Reply(answer("one ", "two ")[:3], then="trickle"))
+def test_closing_the_stream_mid_answer_hangs_up_on_bedrock_at_once(mock_bedrock, provider):
+    mock_bedrock.reply(Reply(answer("one ", "two ")[:3], then="trickle"))
     stream = ask(provider)
     chunks = iter(stream)
     assert [next(chunks).text, next(chunks).text] == ["one ", "two "]
     stream.close()
-    assert fake_bedrock.requests[-1].client_closed.wait(5)
+    assert mock_bedrock.requests[-1].client_closed.wait(5)
 
 
 def test_the_provider_streams_start_deltas_and_end_with_usage_through_stream_answer(
-    fake_bedrock, provider
+    mock_bedrock, provider
 ):
-    fake_bedrock.reply(Reply(answer("Hello", ", ", "world.", stop="end_turn", usage=(20, 4))))
+    mock_bedrock.reply(Reply(answer("Hello", ", ", "world.", stop="end_turn", usage=(20, 4))))
     posted: list[bytes] = []
     envelope = PromptEnvelope(
         request_id="req-1",
@@ -402,11 +254,11 @@ def test_the_provider_streams_start_deltas_and_end_with_usage_through_stream_ans
     assert frames[-1]["type"] == "end" and frames[-1]["finishReason"] == "stop"
     assert frames[-1]["usage"] == {"inputTokens": 20, "outputTokens": 4}
     assert result.outcome == Outcome.COMPLETED
-    assert fake_bedrock.requests[-1].body["system"] == [{"text": "Be brief."}]
+    assert mock_bedrock.requests[-1].body["system"] == [{"text": "Be brief."}]
 
 
-def test_a_model_error_mid_answer_reaches_the_client_as_an_llm_error_frame(fake_bedrock, provider):
-    fake_bedrock.reply(
+def test_a_model_error_mid_answer_reaches_the_client_as_an_llm_error_frame(mock_bedrock, provider):
+    mock_bedrock.reply(
         Reply([*answer("one ", "two ")[:3], exception("modelStreamErrorException", SECRET)])
     )
     posted: list[bytes] = []
@@ -429,8 +281,8 @@ def test_a_model_error_mid_answer_reaches_the_client_as_an_llm_error_frame(fake_
 
 
 def test_an_unreachable_endpoint_is_a_retryable_llm_error():
-    closed_port = FakeBedrock()
-    closed_port.server.server_close()  # the port is bound no more: connections are refused
+    closed_port = MockBedrock().start()
+    closed_port.stop()  # the port is bound no more: connections are refused
     with pytest.raises(LLMError) as raised:
         ask(BedrockProvider(closed_port.client))
     assert raised.value.retryable and "could not be reached" in raised.value.message
@@ -452,15 +304,15 @@ def test_a_stubbed_client_error_becomes_an_llm_error_without_any_http():
 
 
 def test_the_default_client_never_retries_on_its_own_and_reads_its_endpoint_from_the_env(
-    fake_bedrock, monkeypatch
+    mock_bedrock, monkeypatch
 ):
-    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake_bedrock.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", mock_bedrock.endpoint_url)
     bedrock._client.cache_clear()
     try:
-        fake_bedrock.reply(Reply(status=503, error="ServiceUnavailableException"))
+        mock_bedrock.reply(Reply(status=503, error="ServiceUnavailableException"))
         with pytest.raises(LLMError):
             ask(BedrockProvider())
-        assert len(fake_bedrock.requests) == 1  # retry_before_first_token owns the retries
+        assert len(mock_bedrock.requests) == 1  # retry_before_first_token owns the retries
     finally:
         bedrock._client.cache_clear()
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from devstack.mock_bedrock import MockBedrock
 from devstack.routes import (
     AUTHORIZER_IDENTITY_SOURCE,
     FUNCTIONS,
@@ -17,7 +18,7 @@ from devstack.routes import (
     STREAM_FILTER_ATTRIBUTE,
     select_route,
 )
-from devstack.stack import TABLES, TEMPLATE_DEFAULTS
+from devstack.stack import BEDROCK_MODEL_ID, TABLES, TEMPLATE_DEFAULTS, LocalStack, StackConfig
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -49,6 +50,24 @@ def _resolve(template: dict[str, Any], value: Any) -> Any:
         parameter = template["Parameters"].get(value["Ref"])
         return parameter["Default"] if parameter else value
     return value
+
+
+def _evaluate(template: dict[str, Any], value: Any, conditions: set[str]) -> Any:
+    """The value with parameters at their defaults and only ``conditions`` true (the
+    intrinsics the functions' environments use)."""
+    if not isinstance(value, dict):
+        return value
+    ((name, args),) = value.items()
+    if name == "Ref":
+        return _resolve(template, value)
+    if name == "Fn::If":
+        condition, then, otherwise = args
+        return _evaluate(template, then if condition in conditions else otherwise, conditions)
+    if name == "Fn::Join":
+        return args[0].join(str(_evaluate(template, v, conditions)) for v in args[1])
+    if name == "Fn::Sub":
+        return re.sub(r"\$\{(\w+)\}", lambda m: _resolve(template, {"Ref": m[1]}), args)
+    raise AssertionError(f"cannot evaluate {name}")
 
 
 def _function_folder(template: dict[str, Any], logical_id: str) -> str:
@@ -99,6 +118,41 @@ def test_stream_subscription_filters_on_the_attribute_the_local_fanout_uses(
     event = template["Resources"]["StreamFunction"]["Properties"]["Events"]["Prompt"]["Properties"]
     assert set(event["FilterPolicy"]) == {STREAM_FILTER_ATTRIBUTE}
     assert event["FilterPolicyScope"] == "MessageAttributes"
+
+
+def test_the_bedrock_fanout_adds_the_function_subscription_and_models_the_template_does(
+    template: dict[str, Any],
+) -> None:
+    stack = LocalStack(StackConfig(bedrock_fanout=True, llm_model="gpt-4o-mini"))
+    stack.mock_bedrock = MockBedrock()  # its endpoint is local wiring, not in the template
+    resources = template["Resources"]
+    bedrock, stream = resources["BedrockStreamFunction"], resources["StreamFunction"]
+    assert bedrock["Condition"] == "BedrockFanout"
+    assert template["Parameters"]["BedrockModelId"]["Default"] == BEDROCK_MODEL_ID
+    assert _function_folder(template, "BedrockStreamFunction") == "stream"
+    for key in ("Timeout", "MemorySize", "EventInvokeConfig"):
+        assert bedrock["Properties"][key] == stream["Properties"][key], key
+
+    prompt = bedrock["Properties"]["Events"]["Prompt"]["Properties"]
+    (subscription,) = [s for s in stack.subscriptions() if s.function == "bedrock-stream"]
+    assert subscription.filter_policy == prompt["FilterPolicy"] == {"provider": ["bedrock"]}
+    assert subscription.filter_policy_scope == prompt["FilterPolicyScope"]
+
+    def environment(logical_id: str) -> dict[str, str]:
+        variables = resources[logical_id]["Properties"]["Environment"]["Variables"]
+        return {k: _evaluate(template, v, {"BedrockFanout"}) for k, v in variables.items()}
+
+    local = stack.function_overrides("bedrock-stream")
+    assert local.pop("AWS_ENDPOINT_URL_BEDROCK_RUNTIME") == stack.mock_bedrock.endpoint_url
+    assert local == environment("BedrockStreamFunction")
+    assert stack.function_overrides("message") == environment("MessageFunction")
+    assert stack.models() == ["gpt-4o-mini", BEDROCK_MODEL_ID]
+
+    # Off, or when the main function is on Bedrock already, there is no fan-out.
+    assert not LocalStack(StackConfig()).bedrock_fanout
+    assert not LocalStack(
+        StackConfig(bedrock_fanout=True, env={"LLM_PROVIDER": "bedrock"})
+    ).bedrock_fanout
 
 
 def test_authorizer_identity_source_matches_the_template(template: dict[str, Any]) -> None:

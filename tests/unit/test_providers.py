@@ -14,6 +14,7 @@ from llmstream.llm import OpenAIProvider
 from llmstream.providers import build_provider, provider_for_model
 from llmstream.settings import Settings
 
+from devstack.mock_bedrock import MockBedrock, Reply, answer, exception
 from tests.conftest import load_handler
 from tests.unit.streams import (
     deltas_text,
@@ -21,7 +22,7 @@ from tests.unit.streams import (
     frames_posted,
     sns_event,
 )
-from tests.unit.test_bedrock import MODEL, FakeBedrock, Reply, answer, exception
+from tests.unit.test_bedrock import MODEL
 
 ROUTES = "anthropic.claude-3-haiku-20240307-v1:0=bedrock,gpt-4o-mini=openai,anthropic.*=bedrock"
 
@@ -93,10 +94,10 @@ def test_an_unknown_provider_name_is_a_bug_not_a_silent_default():
 
 
 @pytest.fixture
-def fake_bedrock(monkeypatch) -> Iterator[FakeBedrock]:
+def fake_bedrock(monkeypatch) -> Iterator[MockBedrock]:
     """A local ConverseStream endpoint that the default bedrock-runtime client is pointed at."""
-    with FakeBedrock() as fake:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.url)
+    with MockBedrock() as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint_url)
         bedrock._client.cache_clear()
         yield fake
     bedrock._client.cache_clear()
