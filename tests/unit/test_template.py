@@ -6,6 +6,7 @@ are skipped, with the reason shown, only when ``sam`` cannot be found.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -57,9 +58,16 @@ POLICY_TEMPLATES = {
     },
     "SNSPublishMessagePolicy": {"sns:Publish"},
     "AWSSecretsManagerGetSecretValuePolicy": {"secretsmanager:GetSecretValue"},
+    "SQSSendMessagePolicy": {"sqs:SendMessage*"},
 }
 MESSAGE_ROUTES = ["sendMessage", "cancel", "resume", "$default"]
 STREAM_FUNCTIONS = {"StreamFunction", "BedrockStreamFunction"}
+# Functions that post to connections: the stream functions, and the one that tells the clients
+# of dead-lettered prompts (it only posts and closes).
+CONNECTION_MANAGERS = {
+    **dict.fromkeys(STREAM_FUNCTIONS, ("POST", "DELETE", "GET")),
+    "DeadLetterFunction": ("POST", "DELETE"),
+}
 # Settings that the code reads but the template leaves at the code's default on purpose.
 SETTINGS_WITH_CODE_DEFAULTS = {"MAX_MESSAGES", "MANAGEMENT_ENDPOINT_TEMPLATE", "MAX_FRAME_BYTES"}
 # Variables the template sets that Settings does not read (handlers and Powertools do).
@@ -405,7 +413,7 @@ def test_no_policy_statement_grants_a_scopable_action_on_every_resource(
 
 
 def test_manage_connections_is_scoped_to_this_api_stage(template: dict[str, Any]) -> None:
-    for name in STREAM_FUNCTIONS:
+    for name, methods in CONNECTION_MANAGERS.items():
         scopes = [
             sub_text(r)
             for actions, rs in grants(template["Resources"][name]["Properties"])
@@ -413,18 +421,19 @@ def test_manage_connections_is_scoped_to_this_api_stage(template: dict[str, Any]
             for r in rs
         ]
         assert sorted(scopes) == sorted(
-            f"{EXECUTE_API}/${{StageName}}/{method}/@connections/*"
-            for method in ("POST", "DELETE", "GET")
+            f"{EXECUTE_API}/${{StageName}}/{method}/@connections/*" for method in methods
         ), (name, scopes)
 
 
-def test_only_the_stream_functions_may_manage_connections(template: dict[str, Any]) -> None:
+def test_only_the_stream_and_dead_letter_functions_may_manage_connections(
+    template: dict[str, Any],
+) -> None:
     managers = {
         name
         for name in functions(template)
         if any(a.startswith("execute-api:") for a in actions_of(template, name))
     }
-    assert managers == STREAM_FUNCTIONS
+    assert managers == set(CONNECTION_MANAGERS)
 
 
 def test_message_function_cannot_manage_connections_or_read_secrets(
@@ -670,9 +679,51 @@ def test_failed_prompts_end_in_the_alarmed_dead_letter_queue(template: dict[str,
     alarm = template["Resources"]["StreamDeadLetterAlarm"]["Properties"]
     assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
     assert alarm["Dimensions"] == [
-        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["StreamDeadLetterQueue", "QueueName"]}}
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["StreamFailedQueue", "QueueName"]}}
     ]
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["Threshold"] == 0
+
+
+def test_dead_letters_are_told_then_kept_in_the_alarmed_failed_queue(
+    template: dict[str, Any],
+) -> None:
+    res = template["Resources"]
+    props = res["DeadLetterFunction"]["Properties"]
+    assert "Events" not in props  # a SAM SQS event would attach a policy on every queue
+    (mapping,) = resources(template, "AWS::Lambda::EventSourceMapping").values()
+    assert mapping["Properties"]["FunctionName"] == {"Ref": "DeadLetterFunction"}
+    assert mapping["Properties"]["EventSourceArn"] == {
+        "Fn::GetAtt": ["StreamDeadLetterQueue", "Arn"]
+    }
+    assert props["Environment"]["Variables"]["FAILED_QUEUE_URL"] == {"Ref": "StreamFailedQueue"}
+    sqs = [
+        (actions, scopes) for actions, scopes in grants(props) if any("sqs:" in a for a in actions)
+    ]
+    assert sorted(sqs, key=str) == sorted(
+        [
+            (
+                {
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueAttributes",
+                },
+                [{"Fn::GetAtt": ["StreamDeadLetterQueue", "Arn"]}],
+            ),
+            ({"sqs:SendMessage*"}, [{"Fn::GetAtt": ["StreamFailedQueue", "QueueName"]}]),
+        ],
+        key=str,
+    )
+    others = actions_of(template, "DeadLetterFunction") - set().union(*(a for a, _ in sqs))
+    assert others == {"execute-api:ManageConnections"}
+    failed = res["StreamFailedQueue"]["Properties"]
+    assert failed["SqsManagedSseEnabled"] is True and failed["MessageRetentionPeriod"] == 1209600
+    dlq = res["StreamDeadLetterQueue"]["Properties"]
+    # A message the function keeps failing on moves to the failed queue by itself, untold.
+    assert dlq["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["StreamFailedQueue", "Arn"]
+    }
+    assert dlq["VisibilityTimeout"] >= 6 * props["Timeout"]
 
 
 def test_stream_subscriptions_filter_on_the_envelope_provider_attribute(
@@ -809,6 +860,7 @@ EVENT_FILES = {
     "cancel.json": ("MESSAGE", "cancel"),
     "resume.json": ("MESSAGE", "resume"),
     "stream-sns.json": ("SNS", None),
+    "deadletter-sqs.json": ("SQS", None),
     "authorizer-request.json": ("AUTHORIZER", "$connect"),
 }
 REQUEST_CONTEXT_KEYS = {
@@ -848,6 +900,11 @@ def test_event_file_has_the_shape_of_its_source(name: str, template: dict[str, A
         (record,) = event["Records"]
         assert record["EventSource"] == "aws:sns"
         assert isinstance(record["Sns"]["Message"], str)
+        return
+    if kind == "SQS":
+        (record,) = event["Records"]
+        assert record["eventSource"] == "aws:sqs"
+        assert hashlib.md5(record["body"].encode()).hexdigest() == record["md5OfBody"]
         return
     ctx = event["requestContext"]
     assert set(ctx) >= REQUEST_CONTEXT_KEYS, REQUEST_CONTEXT_KEYS - set(ctx)

@@ -51,6 +51,8 @@ class Settings:
     idempotency_table: str = ""
     conversations_table: str = ""
     frames_table: str = ""
+    failed_queue_url: str = ""
+    """Where the dead-letter function keeps the prompts it drained from the dead-letter queue."""
 
     # LLM
     llm_provider: str = "openai"
@@ -116,6 +118,7 @@ class Settings:
             idempotency_table=env.get("IDEMPOTENCY_TABLE", d.idempotency_table),
             conversations_table=env.get("CONVERSATIONS_TABLE", d.conversations_table),
             frames_table=env.get("FRAMES_TABLE", d.frames_table),
+            failed_queue_url=env.get("FAILED_QUEUE_URL", d.failed_queue_url),
             llm_provider=env.get("LLM_PROVIDER", d.llm_provider) or d.llm_provider,
             llm_model=env.get("LLM_MODEL", d.llm_model) or d.llm_model,
             allowed_models=_csv(env.get("ALLOWED_MODELS")),
