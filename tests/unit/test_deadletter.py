@@ -199,3 +199,25 @@ def test_a_prompt_that_cannot_be_kept_fails_the_batch_so_it_stays_in_the_dead_le
     )
     with pytest.raises(Exception, match="NonExistentQueue|does not exist"):
         run(load_event("deadletter-sqs.json"), lambda_context)
+
+
+def test_a_dead_lettered_resume_tells_its_client_to_resume_again(
+    aws, failed_queue, closed, lambda_context
+):
+    from llmstream.envelope import ResumeEnvelope
+
+    resume = ResumeEnvelope(
+        request_id="req-123",
+        connection_id=CONNECTION,
+        domain_name="x7k2m9q4pd.execute-api.us-east-1.amazonaws.com",
+        stage="prod",
+        after_seq=4,
+        attach=1,
+        provider="openai",
+    ).to_json()
+    run(sqs_event(resume), lambda_context)
+    (frame,) = frames_posted(CONNECTION)
+    assert frame["code"] == "internal"
+    assert frame["message"] == "the answer could not be resumed; send resume again"
+    assert closed == [CONNECTION]
+    assert kept(aws, failed_queue) == [resume]

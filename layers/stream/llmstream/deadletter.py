@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .envelope import InvalidEnvelope, PromptEnvelope, parse_envelope
+from .envelope import InvalidEnvelope, PromptEnvelope, ResumeEnvelope, parse_message
 from .management import Connection, ConnectionGone
 from .observability import logger
 from .protocol import ErrorCode, encode, error_frame
@@ -26,6 +26,9 @@ TOLD, ALREADY_TOLD, GONE, UNREADABLE, NOT_TOLD = (
     "unreadable",
     "not_told",
 )
+
+
+NOT_RESUMED = "the answer could not be resumed; send resume again"
 
 
 class _Unreadable(ValueError):
@@ -44,7 +47,7 @@ def _object(raw: Any) -> dict[str, Any]:
     return doc
 
 
-def _read(body: str) -> tuple[PromptEnvelope, bool]:
+def _read(body: str) -> tuple[PromptEnvelope | ResumeEnvelope, bool]:
     """The envelope, and whether our stream function ran and so told the client already."""
     doc = _object(body)
     told = False
@@ -65,7 +68,7 @@ def _read(body: str) -> tuple[PromptEnvelope, bool]:
     if not isinstance(message, str):
         raise _Unreadable("no SNS message")
     try:
-        envelope = parse_envelope(message)
+        envelope = parse_message(message)
     except InvalidEnvelope as exc:
         raise _Unreadable(str(exc)) from None
     if not (
@@ -76,7 +79,7 @@ def _read(body: str) -> tuple[PromptEnvelope, bool]:
 
 
 def notify_dead_letter(
-    body: str, *, connection_factory: Callable[[PromptEnvelope], Connection]
+    body: str, *, connection_factory: Callable[[Any], Connection]
 ) -> str:
     """Tell the client of a dead-lettered prompt (``error`` ``internal``) and close its
     connection, unless the stream function did already. Returns the outcome; never raises for
@@ -91,7 +94,8 @@ def notify_dead_letter(
         logger.info("dead letter: the stream function told the client already", extra=ids)
         return ALREADY_TOLD
     conn = connection_factory(envelope)
-    frame = error_frame(envelope.request_id, ErrorCode.INTERNAL, NOT_STARTED)
+    reason = NOT_RESUMED if isinstance(envelope, ResumeEnvelope) else NOT_STARTED
+    frame = error_frame(envelope.request_id, ErrorCode.INTERNAL, reason)
     try:
         conn.post(encode(frame))
     except ConnectionGone:
