@@ -195,6 +195,8 @@ def run_scenario(scenario: Scenario) -> Run:
 
 def measure(scenario: Scenario, request: Any, posts: list[tuple[float, float, bytes]]) -> Run:
     """Turn the mock's token times and the posts' times into the run's numbers."""
+    from devstack.runtime import peak_memory_kb
+
     frames = [(began, ended, json.loads(data)) for began, ended, data in posts]
     deltas = [(b, e, f) for b, e, f in frames if f["type"] == "delta"]
     tokens = [f"t{i} " for i in range(scenario.tokens)]
@@ -236,7 +238,7 @@ def measure(scenario: Scenario, request: Any, posts: list[tuple[float, float, by
         lag_p50_ms=percentile(lags, 50) * 1000,
         lag_p99_ms=percentile(lags, 99) * 1000,
         max_frame_bytes=max(len(data) for _, _, data in posts),
-        peak_rss_kb=peak_rss_kb(),
+        peak_rss_kb=peak_memory_kb(),
         ok=ok,
     )
 
@@ -246,20 +248,6 @@ def percentile(values: Iterable[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
-
-
-def peak_rss_kb() -> int:
-    """This process's resident-memory high-water mark (VmHWM), as Lambda's REPORT shows it."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 # --------------------------------------------------------------------------- running many

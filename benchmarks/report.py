@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,13 @@ class Results:
     def grid(self) -> list[tuple[float, float]]:
         return [(r, lat) for r in self.config.rates for lat in self.config.latencies_ms]
 
+    def pairs(self, transport: str) -> Iterator[tuple[float, float, Summary, Summary | None]]:
+        """Each grid scenario that ran batched, with its naive baseline if that ran too."""
+        for rate, lat in self.grid():
+            batched = self.get("batched", transport, lat, rate)
+            if batched is not None:
+                yield rate, lat, batched, self.get("naive", transport, lat, rate)
+
     # ------------------------------------------------------------------ targets
 
     def batched(self, transport: str = "http") -> list[Summary]:
@@ -76,11 +83,7 @@ class Results:
 
 def delivery_table(res: Results, transport: str) -> str:
     rows = []
-    for rate, lat in res.grid():
-        b = res.get("batched", transport, lat, rate)
-        n = res.get("naive", transport, lat, rate)
-        if b is None:
-            continue
+    for rate, lat, b, n in res.pairs(transport):
         rows.append([
             f"{rate:g}", f"{lat:g}", f"{b.llm_time:.2f}", f"{b.post_rtt * 1000:.1f}",
             f"{b.limit:.2f}", f"{b.delivery:.2f}", f"**{b.ratio:.3f}**", f"{b.ratio_max:.3f}",
@@ -98,11 +101,7 @@ def delivery_table(res: Results, transport: str) -> str:
 
 def frames_table(res: Results, transport: str) -> str:
     rows = []
-    for rate, lat in res.grid():
-        b = res.get("batched", transport, lat, rate)
-        n = res.get("naive", transport, lat, rate)
-        if b is None:
-            continue
+    for rate, lat, b, n in res.pairs(transport):
         rows.append([
             f"{rate:g}", f"{lat:g}", f"{b.delta_frames:.0f}", f"{b.frame_bound:.0f}",
             f"{b.messages:.0f}", money(b.messages * MESSAGE_PRICE_PER_MILLION),

@@ -280,6 +280,22 @@ class Gateway:
             multi.setdefault(name, [value])
         return {k: v[-1] for k, v in multi.items()}, multi
 
+    def _connect_context(
+        self,
+        request: web.Request,
+        conn_id: str,
+        connected_at: int,
+        authorizer: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The $connect requestContext, shared by the authorizer's event and the route's."""
+        identity = {
+            "sourceIp": request.remote or "127.0.0.1",
+            "userAgent": request.headers.get("User-Agent", ""),
+        }
+        return self._context(
+            conn_id, routes_module.CONNECT, "CONNECT", connected_at, identity, authorizer
+        )
+
     def _connect_event(
         self,
         request: web.Request,
@@ -291,17 +307,7 @@ class Gateway:
         event: dict[str, Any] = {
             "headers": headers,
             "multiValueHeaders": multi,
-            "requestContext": self._context(
-                conn_id,
-                routes_module.CONNECT,
-                "CONNECT",
-                connected_at,
-                {
-                    "sourceIp": request.remote or "127.0.0.1",
-                    "userAgent": request.headers.get("User-Agent", ""),
-                },
-                authorizer,
-            ),
+            "requestContext": self._connect_context(request, conn_id, connected_at, authorizer),
             "isBase64Encoded": False,
         }
         if request.query:
@@ -368,17 +374,7 @@ class Gateway:
             "queryStringParameters": dict(request.query),
             "multiValueQueryStringParameters": {k: request.query.getall(k) for k in request.query},
             "stageVariables": {},
-            "requestContext": self._context(
-                conn_id,
-                routes_module.CONNECT,
-                "CONNECT",
-                connected_at,
-                {
-                    "sourceIp": request.remote or "127.0.0.1",
-                    "userAgent": request.headers.get("User-Agent", ""),
-                },
-                None,
-            ),
+            "requestContext": self._connect_context(request, conn_id, connected_at, None),
         }
         started = time.monotonic()
         try:

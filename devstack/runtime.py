@@ -752,7 +752,8 @@ def load_handler(code_dir: Path, handler: str, module_name: str) -> Callable[[An
     return getattr(module, attr)
 
 
-def _peak_memory_kb() -> int:
+def peak_memory_kb() -> int:
+    """This process's resident-memory high-water mark (VmHWM), as Lambda's REPORT shows it."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -834,7 +835,7 @@ def _container_main(request: dict[str, Any]) -> None:
                 f"/invocation/{rid}/{kind}",
                 out,
                 {
-                    "Lambda-Runtime-Max-Memory-Kb": str(_peak_memory_kb()),
+                    "Lambda-Runtime-Max-Memory-Kb": str(peak_memory_kb()),
                     "Content-Type": "application/json",
                 },
             )
