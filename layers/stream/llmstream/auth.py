@@ -146,7 +146,9 @@ def verify_hmac_token(token: str, secret: str | bytes, *, now: float | None = No
     if not HMAC_TOKEN_PATTERN.fullmatch(token):
         raise Denied("malformed")
     payload, signature = token.split(".")
-    if not hmac.compare_digest(_b64decode(signature), _signature(key, payload)):
+    # Compare encoded forms: base64url has several spellings of the same bytes (the last
+    # character's spare bits), and a token is accepted only in the one we mint.
+    if not hmac.compare_digest(signature.encode(), _b64encode(_signature(key, payload)).encode()):
         raise Denied("signature")
     try:
         claims = json.loads(_b64decode(payload))
