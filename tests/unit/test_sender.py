@@ -213,28 +213,75 @@ def test_delta_frames_start_at_least_the_minimum_interval_apart():
     assert "".join(d["text"] for d in post.deltas()) == "".join(tokens)
 
 
+class FakeClock:
+    """A clock that moves only when told: here, by the length of each simulated post."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_post_slower_than_the_interval_is_followed_at_once_not_after_a_further_interval():
-    post = TimedRecorder(delay=0.05)
-    sender = FrameSender(post, "r1", min_interval=0.04)
-    feed(sender, 0.6)
+    clock = FakeClock()
+    post = Recorder()
+    started: list[float] = []
+
+    def fifty_ms_post(data: bytes) -> None:
+        started.append(clock.now)
+        post(data)
+        clock.now += 0.05  # the post takes 50 ms, longer than the 40 ms interval
+
+    sender = FrameSender(fifty_ms_post, "r1", min_interval=0.04, clock=clock)
+    sender.delta("a")
+    post.wait_for_frames(1)
+    sender.delta("b")
+    # The interval runs from the previous post's start (0 ms), so at 50 ms "b" is already due.
+    # Counting from the post's end would hold it until 90 ms, a time this clock never reaches.
+    post.wait_for_frames(2)
     sender.close()
-    gaps = sorted(b - a for a, b in zip(post.started, post.started[1:], strict=False))
-    # Frames every max(post, interval) = 50 ms; counting the interval from the post's end
-    # would space them 90 ms apart and fall behind the model.
-    assert gaps[len(gaps) // 2] < 0.07
+    assert [d["text"] for d in post.deltas()] == ["a", "b"]
+    assert started == [0.0, 0.05]
+
+
+def test_text_is_held_until_the_interval_since_the_last_post_started_has_passed():
+    clock = FakeClock()
+    post = Recorder()
+    sender = FrameSender(post, "r1", min_interval=0.04, clock=clock)
+    sender.delta("a")
+    post.wait_for_frames(1)
+    clock.now = 0.039
+    sender.delta("b")
+    with post.posted:
+        assert not post.posted.wait_for(lambda: len(post.frames) > 1, 0.2), "sent too early"
+    clock.now = 0.04
+    post.wait_for_frames(2)  # the sender re-checks its clock within the remaining interval
+    sender.close()
+    assert [d["text"] for d in post.deltas()] == ["a", "b"]
 
 
 def test_the_reader_never_waits_for_a_slow_post():
-    post = Recorder(delay=0.3)
-    sender = FrameSender(post, "r1", min_interval=0)
+    gate, in_flight = threading.Event(), threading.Event()
+    post = Recorder()
+
+    def stuck_post(data: bytes) -> None:
+        in_flight.set()
+        assert gate.wait(10), "the test never released the post"
+        post(data)
+
+    sender = FrameSender(stuck_post, "r1", min_interval=0)
     sender.send(start_frame("r1", "m"))
-    began = time.monotonic()
-    for i in range(500):
-        sender.delta(f"t{i} ")
-    queued_in = time.monotonic() - began
+    assert in_flight.wait(5)
+    reader = threading.Thread(target=lambda: [sender.delta(f"t{i} ") for i in range(500)])
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "delta() blocked behind the post in flight"
+    assert post.frames == [], "the start frame's post is still in flight"
+    gate.set()
     sender.close()
-    assert queued_in < 0.1, "delta() must only queue the text"
-    assert len(post.deltas()) <= 2
+    # Everything the reader queued during the stuck post leaves together in one frame.
+    assert [d["text"] for d in post.deltas()] == ["".join(f"t{i} " for i in range(500))]
 
 
 def test_text_held_while_throttled_follows_the_retried_frame_in_order():
