@@ -41,6 +41,7 @@ bench: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/cfn-lint template.yaml
 
 schema: $(BIN)/.installed

@@ -21,13 +21,22 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true", help="a short run (about a minute)")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections (default: all of {','.join(SECTIONS)})",
+    )
     parser.add_argument("--workers", type=int, help="scenario processes at once")
-    parser.add_argument("--doc", help="markdown file to rewrite ('-' for none; "
-                        "default docs/benchmarks.md, or none with --quick)")
-    parser.add_argument("--plot", help="PNG to rewrite ('-' for none; "
-                        "default docs/benchmark-delivery.png, or none with --quick)")
+    parser.add_argument(
+        "--doc",
+        help="markdown file to rewrite ('-' for none; "
+        "default docs/benchmarks.md, or none with --quick)",
+    )
+    parser.add_argument(
+        "--plot",
+        help="PNG to rewrite ('-' for none; "
+        "default docs/benchmark-delivery.png, or none with --quick)",
+    )
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = sections - set(SECTIONS)

@@ -42,8 +42,15 @@ class Scenario:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (self.group, self.mode, self.transport, self.latency_ms, self.rate, self.tokens,
-                self.min_interval_ms)
+        return (
+            self.group,
+            self.mode,
+            self.transport,
+            self.latency_ms,
+            self.rate,
+            self.tokens,
+            self.min_interval_ms,
+        )
 
     @property
     def expected_seconds(self) -> float:
@@ -144,7 +151,9 @@ def _stream_naive(envelope: Any, post: Callable[[bytes], None]) -> None:
     rid = envelope.request_id
     post(encode(start_frame(rid, envelope.model)))
     stream = _worker["provider"].stream(
-        list(envelope.messages), model=envelope.model, max_tokens=envelope.max_tokens,
+        list(envelope.messages),
+        model=envelope.model,
+        max_tokens=envelope.max_tokens,
         read_timeout=30.0,
     )
     seq, finish = 0, "stop"
@@ -302,9 +311,22 @@ class Summary:
 
 
 METRICS = (
-    "llm_time", "llm_ttft", "delivery", "post_rtt", "limit", "ratio", "frames", "messages",
-    "delta_frames", "frame_bound", "ttfd_added_ms", "ttfd_queued_ms", "lag_p50_ms",
-    "lag_p99_ms", "max_frame_bytes", "peak_rss_kb",
+    "llm_time",
+    "llm_ttft",
+    "delivery",
+    "post_rtt",
+    "limit",
+    "ratio",
+    "frames",
+    "messages",
+    "delta_frames",
+    "frame_bound",
+    "ttfd_added_ms",
+    "ttfd_queued_ms",
+    "lag_p50_ms",
+    "lag_p99_ms",
+    "max_frame_bytes",
+    "peak_rss_kb",
 )
 
 
@@ -324,6 +346,4 @@ def summarise(runs: list[Run]) -> dict[tuple[Any, ...], Summary]:
 
 
 def as_json(runs: list[Run]) -> list[dict[str, Any]]:
-    return [
-        {**asdict(r), "limit": r.limit, "ratio": r.ratio} for r in runs
-    ]
+    return [{**asdict(r), "limit": r.limit, "ratio": r.ratio} for r in runs]

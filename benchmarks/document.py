@@ -36,20 +36,46 @@ def scenarios(config: Config) -> list[Scenario]:
         for lat in config.latencies_ms:
             for rate in config.rates:
                 for rep in range(config.reps):
-                    out.add(Scenario("batched", transport, lat, rate,
-                                     min_interval_ms=config.min_interval_ms, rep=rep, **base))
+                    out.add(
+                        Scenario(
+                            "batched",
+                            transport,
+                            lat,
+                            rate,
+                            min_interval_ms=config.min_interval_ms,
+                            rep=rep,
+                            **base,
+                        )
+                    )
                 for rep in range(config.naive_reps if transport in config.naive_transports else 0):
-                    out.add(Scenario("naive", transport, lat, rate,
-                                     min_interval_ms=config.min_interval_ms, rep=rep, **base))
+                    out.add(
+                        Scenario(
+                            "naive",
+                            transport,
+                            lat,
+                            rate,
+                            min_interval_ms=config.min_interval_ms,
+                            rep=rep,
+                            **base,
+                        )
+                    )
     return sorted(out, key=lambda s: (s.key, s.rep))
 
 
 def interval_scenarios(config: Config) -> list[Scenario]:
     """The minimum-interval sweep, run apart from the grid so other streams don't skew its lags."""
     return [
-        Scenario("batched", "http", lat, config.interval_rate, tokens=config.tokens,
-                 first_token_delay=config.first_token_delay, min_interval_ms=interval,
-                 group="interval", rep=rep)
+        Scenario(
+            "batched",
+            "http",
+            lat,
+            config.interval_rate,
+            tokens=config.tokens,
+            first_token_delay=config.first_token_delay,
+            min_interval_ms=interval,
+            group="interval",
+            rep=rep,
+        )
         for lat in config.interval_latencies_ms
         for interval in config.intervals_ms
         for rep in range(config.interval_reps)
@@ -59,9 +85,17 @@ def interval_scenarios(config: Config) -> list[Scenario]:
 def ttfd_scenarios(config: Config) -> list[Scenario]:
     """Short answers for the time to first delta, run one at a time so no other stream competes."""
     return [
-        Scenario(mode, "http", lat, rate, tokens=config.ttfd_tokens,
-                 first_token_delay=config.first_token_delay,
-                 min_interval_ms=config.min_interval_ms, group="ttfd", rep=rep)
+        Scenario(
+            mode,
+            "http",
+            lat,
+            rate,
+            tokens=config.ttfd_tokens,
+            first_token_delay=config.first_token_delay,
+            min_interval_ms=config.min_interval_ms,
+            group="ttfd",
+            rep=rep,
+        )
         for mode in ("batched", "naive")
         for rate in config.rates
         for lat in config.latencies_ms
@@ -69,8 +103,14 @@ def ttfd_scenarios(config: Config) -> list[Scenario]:
     ]
 
 
-def run(config: Config, sections: set[str], *, doc: str | Path | None,
-        plot_path: str | Path | None, progress: Progress = lambda _line: None) -> str:
+def run(
+    config: Config,
+    sections: set[str],
+    *,
+    doc: str | Path | None,
+    plot_path: str | Path | None,
+    progress: Progress = lambda _line: None,
+) -> str:
     """Run the sections; the document is rewritten after each, so a late failure keeps the rest."""
     started = time.monotonic()
     when = dt.datetime.now(dt.UTC)
@@ -78,9 +118,14 @@ def run(config: Config, sections: set[str], *, doc: str | Path | None,
     parts: dict[str, Any] = {}
 
     def write() -> str:
-        markdown = render(config, parts, when=when, load=load,
-                          elapsed=time.monotonic() - started,
-                          plot_name=Path(plot_path).name if plot_path else None)
+        markdown = render(
+            config,
+            parts,
+            when=when,
+            load=load,
+            elapsed=time.monotonic() - started,
+            plot_name=Path(plot_path).name if plot_path else None,
+        )
         if doc:
             Path(doc).write_text(markdown)
         return markdown
@@ -117,8 +162,15 @@ def run(config: Config, sections: set[str], *, doc: str | Path | None,
 # ---------------------------------------------------------------------------- the document
 
 
-def render(config: Config, parts: dict[str, Any], *, when: dt.datetime, load: float,
-           elapsed: float, plot_name: str | None) -> str:
+def render(
+    config: Config,
+    parts: dict[str, Any],
+    *,
+    when: dt.datetime,
+    load: float,
+    elapsed: float,
+    plot_name: str | None,
+) -> str:
     res: Results | None = parts.get("results")
     out = [
         "# Benchmarks",
@@ -132,14 +184,20 @@ def render(config: Config, parts: dict[str, Any], *, when: dt.datetime, load: fl
         "",
         "## This run",
         "",
-        table(["", ""], [
-            ["date (UTC)", when.strftime("%Y-%m-%d %H:%M")],
-            ["python", f"{platform.python_implementation()} {platform.python_version()}"],
-            ["machine", f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                        f"load average {load:.1f} at the start"],
-            ["kind of run", "**quick** (not for the docs)" if config.quick else "full"],
-            ["took", f"{elapsed / 60:.1f} min"],
-        ]),
+        table(
+            ["", ""],
+            [
+                ["date (UTC)", when.strftime("%Y-%m-%d %H:%M")],
+                ["python", f"{platform.python_implementation()} {platform.python_version()}"],
+                [
+                    "machine",
+                    f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+                    f"load average {load:.1f} at the start",
+                ],
+                ["kind of run", "**quick** (not for the docs)" if config.quick else "full"],
+                ["took", f"{elapsed / 60:.1f} min"],
+            ],
+        ),
         "",
     ]
     if res is not None:
@@ -159,15 +217,28 @@ def render(config: Config, parts: dict[str, Any], *, when: dt.datetime, load: fl
 def summary_section(config: Config, res: Results, parts: dict[str, Any]) -> list[str]:
     _, chosen = interval_table(res)
     rows = [
-        ["delivery ≤ 1.05 × (LLM time + one post round trip), every latency and rate",
-         worst(res, "ratio_max", "{:.3f}"), mark(res.ratio_ok())],
-        ["at most one delta frame per post round trip or per minimum interval (+ the final flush)",
-         worst(res, "frames_over_bound", "{:+.0f} frames vs the bound"), mark(res.frames_ok())],
-        [f"time to first delta added ≤ one post round trip + {TTFD_SLACK_MS:g} ms "
-         "(median of the quiet runs)",
-         ttfd_worst(res), mark(res.ttfd_ok())],
-        ["every answer arrived whole, in order, with gapless `seq`, frames ≤ 32 KB",
-         "all runs" if res.correct() else "**some runs failed**", mark(res.correct())],
+        [
+            "delivery ≤ 1.05 × (LLM time + one post round trip), every latency and rate",
+            worst(res, "ratio_max", "{:.3f}"),
+            mark(res.ratio_ok()),
+        ],
+        [
+            "at most one delta frame per post round trip or per minimum interval"
+            " (+ the final flush)",
+            worst(res, "frames_over_bound", "{:+.0f} frames vs the bound"),
+            mark(res.frames_ok()),
+        ],
+        [
+            f"time to first delta added ≤ one post round trip + {TTFD_SLACK_MS:g} ms "
+            "(median of the quiet runs)",
+            ttfd_worst(res),
+            mark(res.ttfd_ok()),
+        ],
+        [
+            "every answer arrived whole, in order, with gapless `seq`, frames ≤ 32 KB",
+            "all runs" if res.correct() else "**some runs failed**",
+            mark(res.correct()),
+        ],
     ]
     return [
         "## Targets",
@@ -189,8 +260,10 @@ def interval_verdict(config: Config, chosen: float | None) -> str:
         return f"{shipped}; this run's sweep picked none {see}."
     if chosen == config.min_interval_ms:
         return f"{shipped}, and this run's data pick the same: **{chosen:g} ms** {see}."
-    return (f"⚠️ {shipped}, but this run's data pick **{chosen:g} ms** {see}. Re-run on a quiet "
-            "machine before changing it: the sweep is sensitive to CPU contention.")
+    return (
+        f"⚠️ {shipped}, but this run's data pick **{chosen:g} ms** {see}. Re-run on a quiet "
+        "machine before changing it: the sweep is sensitive to CPU contention."
+    )
 
 
 def ttfd_worst(res: Results) -> str:

@@ -80,8 +80,9 @@ async def _clients(url: str, requests: list[tuple[str, str]], timeout: float) ->
     async def client(rid: str, prompt: str) -> tuple[str, list[tuple[float, str]]]:
         try:
             async with connect_slots:
-                ws = await websockets.connect(url, open_timeout=120, ping_interval=None,
-                                              close_timeout=5, max_size=None)
+                ws = await websockets.connect(
+                    url, open_timeout=120, ping_interval=None, close_timeout=5, max_size=None
+                )
         except (TimeoutError, OSError, websockets.WebSocketException):
             arrived()
             return rid, []
@@ -117,26 +118,33 @@ async def _clients(url: str, requests: list[tuple[str, str]], timeout: float) ->
 
 
 def _run_streams(stack: Any, n: int, config: Config, label: str) -> E2ERun:
-    directive = (f"#mock tokens={config.e2e_tokens} rate={config.e2e_rate:g} "
-                 f"first_token_delay={config.first_token_delay:g}")
+    directive = (
+        f"#mock tokens={config.e2e_tokens} rate={config.e2e_rate:g} "
+        f"first_token_delay={config.first_token_delay:g}"
+    )
     requests = [(f"{label}-{i}", f"Stream {label}-{i}.\n{directive}") for i in range(n)]
     before = {id(r) for r in stack.mock_llm.requests}
     load_before = _load()
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     timeout = config.e2e_timeout
-    child = ctx.Process(target=_clients_main, args=(stack.ws_url, requests, timeout, out),
-                        daemon=True)
+    child = ctx.Process(
+        target=_clients_main, args=(stack.ws_url, requests, timeout, out), daemon=True
+    )
     child.start()
     got = out.get(timeout=timeout + 600)
     child.join(30)
     load = _load()
-    started = sum(1 for frames in got["frames"].values() if any('"type":"start"' in raw
-                                                               for _, raw in frames))
+    started = sum(
+        1 for frames in got["frames"].values() if any('"type":"start"' in raw for _, raw in frames)
+    )
 
     def reported(invocations: list[Any]) -> bool:
-        done = [i for i in invocations if i.function == "stream" and _mentions(i, label)
-                and i.finished_at is not None]
+        done = [
+            i
+            for i in invocations
+            if i.function == "stream" and _mentions(i, label) and i.finished_at is not None
+        ]
         return len(done) >= started
 
     with contextlib.suppress(Exception):  # memory figures only; the lag is already measured
@@ -229,18 +237,31 @@ def _load() -> float:
 
 
 def run_e2e(config: Config, progress: Progress = lambda _line: None) -> E2EResult:
-    result = E2EResult([], config.e2e_post_latency_ms, config.e2e_tokens, config.e2e_rate,
-                       min(max(config.e2e_streams), config.e2e_max_containers))
+    result = E2EResult(
+        [],
+        config.e2e_post_latency_ms,
+        config.e2e_tokens,
+        config.e2e_rate,
+        min(max(config.e2e_streams), config.e2e_max_containers),
+    )
     try:
         from devstack.stack import LocalStack, StackConfig
     except ImportError as exc:
         result.error = f"the local stack is not available ({exc})"
         return result
     stack_config = StackConfig(
-        ws_port=0, http_port=0, llm_base_url="", llm_model="gpt-4o-mini", auth_mode="none",
+        ws_port=0,
+        http_port=0,
+        llm_base_url="",
+        llm_model="gpt-4o-mini",
+        auth_mode="none",
         post_latency=config.e2e_post_latency_ms / 1000,
-        max_concurrency={"stream": result.max_containers, "message": 10, "connect": 25,
-                         "disconnect": 25},
+        max_concurrency={
+            "stream": result.max_containers,
+            "message": 10,
+            "connect": 25,
+            "disconnect": 25,
+        },
         env={
             "MIN_FRAME_INTERVAL_MS": f"{config.min_interval_ms:g}",
             "MAX_TOKENS": str(config.e2e_tokens + 10),
@@ -256,9 +277,11 @@ def run_e2e(config: Config, progress: Progress = lambda _line: None) -> E2EResul
             for n in config.e2e_streams:
                 progress(f"e2e: {n} concurrent streams through the local stack")
                 run = _run_streams(stack, n, config, f"e2e{n}")
-                progress(f"e2e: {n} streams: {run.complete} complete, token lag p50 "
-                         f"{run.lag_p50_ms:.0f} ms p99 {run.lag_p99_ms:.0f} ms, "
-                         f"peak memory {run.memory_max_mb:.0f} MB")
+                progress(
+                    f"e2e: {n} streams: {run.complete} complete, token lag p50 "
+                    f"{run.lag_p50_ms:.0f} ms p99 {run.lag_p99_ms:.0f} ms, "
+                    f"peak memory {run.memory_max_mb:.0f} MB"
+                )
                 result.runs.append(run)
     except Exception as exc:  # report what ran; the rest of the benchmark still stands
         result.error = f"{type(exc).__name__}: {exc}"
@@ -299,16 +322,35 @@ def render_e2e(config: Config, result: E2EResult | None) -> list[str]:
     if result.runs:
         out += [
             table(
-                ["concurrent clients", "complete", "token lag p50 ms", "token lag p99 ms",
-                 "first token p50 / p99 ms", "start p50 / p99 ms", "frames/answer",
-                 "stream fn peak memory MB (max / median)", "containers used", "run s",
-                 "load before / after"],
-                [[r.streams, f"{r.complete}/{r.streams}", f"**{r.lag_p50_ms:.0f}**",
-                  f"**{r.lag_p99_ms:.0f}**", f"{r.first_p50_ms:.0f} / {r.first_p99_ms:.0f}",
-                  f"{r.start_p50_ms:.0f} / {r.start_p99_ms:.0f}", f"{r.frames_median:.0f}",
-                  f"{r.memory_max_mb:.0f} / {r.memory_median_mb:.0f}", r.containers,
-                  f"{r.seconds:.1f}", f"{r.load_before:.1f} / {r.load:.1f}"]
-                 for r in result.runs],
+                [
+                    "concurrent clients",
+                    "complete",
+                    "token lag p50 ms",
+                    "token lag p99 ms",
+                    "first token p50 / p99 ms",
+                    "start p50 / p99 ms",
+                    "frames/answer",
+                    "stream fn peak memory MB (max / median)",
+                    "containers used",
+                    "run s",
+                    "load before / after",
+                ],
+                [
+                    [
+                        r.streams,
+                        f"{r.complete}/{r.streams}",
+                        f"**{r.lag_p50_ms:.0f}**",
+                        f"**{r.lag_p99_ms:.0f}**",
+                        f"{r.first_p50_ms:.0f} / {r.first_p99_ms:.0f}",
+                        f"{r.start_p50_ms:.0f} / {r.start_p99_ms:.0f}",
+                        f"{r.frames_median:.0f}",
+                        f"{r.memory_max_mb:.0f} / {r.memory_median_mb:.0f}",
+                        r.containers,
+                        f"{r.seconds:.1f}",
+                        f"{r.load_before:.1f} / {r.load:.1f}",
+                    ]
+                    for r in result.runs
+                ],
             ),
             "",
             "Everything here shares the benchmark machine's 2 CPUs: the gateway, the mock LLM, "

@@ -34,8 +34,15 @@ class Results:
         self.config = config
         self.summaries = summaries
 
-    def get(self, mode: str, transport: str, latency: float, rate: float,
-            interval: float | None = None, group: str = "grid") -> Summary | None:
+    def get(
+        self,
+        mode: str,
+        transport: str,
+        latency: float,
+        rate: float,
+        interval: float | None = None,
+        group: str = "grid",
+    ) -> Summary | None:
         interval = self.config.min_interval_ms if interval is None else interval
         tokens = self.config.ttfd_tokens if group == "ttfd" else self.config.tokens
         return self.summaries.get((group, mode, transport, latency, rate, tokens, interval))
@@ -84,17 +91,37 @@ class Results:
 def delivery_table(res: Results, transport: str) -> str:
     rows = []
     for rate, lat, b, n in res.pairs(transport):
-        rows.append([
-            f"{rate:g}", f"{lat:g}", f"{b.llm_time:.2f}", f"{b.post_rtt * 1000:.1f}",
-            f"{b.limit:.2f}", f"{b.delivery:.2f}", f"**{b.ratio:.3f}**", f"{b.ratio_max:.3f}",
-            f"{b.lag_p50_ms:.0f} / {b.lag_p99_ms:.0f}",
-            f"{n.delivery:.2f}" if n else "–", f"{n.ratio:.2f}" if n else "–",
-            mark(b.ratio_max <= RATIO_TARGET),
-        ])
+        rows.append(
+            [
+                f"{rate:g}",
+                f"{lat:g}",
+                f"{b.llm_time:.2f}",
+                f"{b.post_rtt * 1000:.1f}",
+                f"{b.limit:.2f}",
+                f"{b.delivery:.2f}",
+                f"**{b.ratio:.3f}**",
+                f"{b.ratio_max:.3f}",
+                f"{b.lag_p50_ms:.0f} / {b.lag_p99_ms:.0f}",
+                f"{n.delivery:.2f}" if n else "–",
+                f"{n.ratio:.2f}" if n else "–",
+                mark(b.ratio_max <= RATIO_TARGET),
+            ]
+        )
     return table(
-        ["LLM tok/s", "post latency ms", "LLM time s", "post round trip ms", "limit s",
-         "batched delivery s", "batched ratio", "worst ratio", "token lag p50/p99 ms",
-         "naive delivery s", "naive ratio", "≤ 1.05"],
+        [
+            "LLM tok/s",
+            "post latency ms",
+            "LLM time s",
+            "post round trip ms",
+            "limit s",
+            "batched delivery s",
+            "batched ratio",
+            "worst ratio",
+            "token lag p50/p99 ms",
+            "naive delivery s",
+            "naive ratio",
+            "≤ 1.05",
+        ],
         rows,
     )
 
@@ -102,19 +129,33 @@ def delivery_table(res: Results, transport: str) -> str:
 def frames_table(res: Results, transport: str) -> str:
     rows = []
     for rate, lat, b, n in res.pairs(transport):
-        rows.append([
-            f"{rate:g}", f"{lat:g}", f"{b.delta_frames:.0f}", f"{b.frame_bound:.0f}",
-            f"{b.messages:.0f}", money(b.messages * MESSAGE_PRICE_PER_MILLION),
-            f"{n.messages:.0f}" if n else "–",
-            money(n.messages * MESSAGE_PRICE_PER_MILLION) if n else "–",
-            f"{b.max_frame_bytes:.0f}",
-            mark(b.frames_over_bound <= 0),
-        ])
+        rows.append(
+            [
+                f"{rate:g}",
+                f"{lat:g}",
+                f"{b.delta_frames:.0f}",
+                f"{b.frame_bound:.0f}",
+                f"{b.messages:.0f}",
+                money(b.messages * MESSAGE_PRICE_PER_MILLION),
+                f"{n.messages:.0f}" if n else "–",
+                money(n.messages * MESSAGE_PRICE_PER_MILLION) if n else "–",
+                f"{b.max_frame_bytes:.0f}",
+                mark(b.frames_over_bound <= 0),
+            ]
+        )
     return table(
-        ["LLM tok/s", "post latency ms", "batched delta frames",
-         "allowed (1 per max(rtt, interval) + flush)",
-         "batched messages/answer", "batched $ per M answers", "naive messages/answer",
-         "naive $ per M answers", "largest frame B", "within bound"],
+        [
+            "LLM tok/s",
+            "post latency ms",
+            "batched delta frames",
+            "allowed (1 per max(rtt, interval) + flush)",
+            "batched messages/answer",
+            "batched $ per M answers",
+            "naive messages/answer",
+            "naive $ per M answers",
+            "largest frame B",
+            "within bound",
+        ],
         rows,
     )
 
@@ -128,18 +169,35 @@ def ttfd_table(res: Results) -> str:
         if q is None:
             continue
         budget = q.post_rtt * 1000 + TTFD_SLACK_MS
-        rows.append([
-            f"{rate:g}", f"{lat:g}", f"{q.llm_ttft * 1000:.0f}", f"{q.post_rtt * 1000:.1f}",
-            f"**{q.ttfd_added_ms:.1f}**", f"{q.ttfd_queued_ms:.1f}",
-            f"{q.ttfd_over_rtt_max_ms + q.post_rtt * 1000:.1f}", f"{budget:.1f}",
-            f"{n.ttfd_added_ms:.1f}" if n else "–",
-            f"{g.ttfd_added_ms:.1f}" if g else "–",
-            mark(q.ttfd_added_ms <= budget),
-        ])
+        rows.append(
+            [
+                f"{rate:g}",
+                f"{lat:g}",
+                f"{q.llm_ttft * 1000:.0f}",
+                f"{q.post_rtt * 1000:.1f}",
+                f"**{q.ttfd_added_ms:.1f}**",
+                f"{q.ttfd_queued_ms:.1f}",
+                f"{q.ttfd_over_rtt_max_ms + q.post_rtt * 1000:.1f}",
+                f"{budget:.1f}",
+                f"{n.ttfd_added_ms:.1f}" if n else "–",
+                f"{g.ttfd_added_ms:.1f}" if g else "–",
+                mark(q.ttfd_added_ms <= budget),
+            ]
+        )
     return table(
-        ["LLM tok/s", "post latency ms", "LLM's own TTFT ms", "post round trip ms",
-         "added by the service ms", "of which before the post ms", "worst run ms",
-         "target ms (rtt + 5)", "naive added ms", "in the busy grid ms", "met"],
+        [
+            "LLM tok/s",
+            "post latency ms",
+            "LLM's own TTFT ms",
+            "post round trip ms",
+            "added by the service ms",
+            "of which before the post ms",
+            "worst run ms",
+            "target ms (rtt + 5)",
+            "naive added ms",
+            "in the busy grid ms",
+            "met",
+        ],
         rows,
     )
 
@@ -153,15 +211,30 @@ def interval_table(res: Results) -> tuple[str, float | None]:
             s = res.get("batched", "http", lat, cfg.interval_rate, interval, group="interval")
             if s is None:
                 continue
-            rows.append([
-                f"{interval:g}", f"{lat:g}", f"{s.delta_frames:.0f}", f"{s.messages:.0f}",
-                money(s.messages * MESSAGE_PRICE_PER_MILLION), f"{s.ratio:.3f}",
-                f"{s.lag_p50_ms:.0f}", f"{s.lag_p99_ms:.0f}",
-            ])
+            rows.append(
+                [
+                    f"{interval:g}",
+                    f"{lat:g}",
+                    f"{s.delta_frames:.0f}",
+                    f"{s.messages:.0f}",
+                    money(s.messages * MESSAGE_PRICE_PER_MILLION),
+                    f"{s.ratio:.3f}",
+                    f"{s.lag_p50_ms:.0f}",
+                    f"{s.lag_p99_ms:.0f}",
+                ]
+            )
     return (
         table(
-            ["min interval ms", "post latency ms", "delta frames", "messages/answer",
-             "$ per M answers", "ratio", "token lag p50 ms", "token lag p99 ms"],
+            [
+                "min interval ms",
+                "post latency ms",
+                "delta frames",
+                "messages/answer",
+                "$ per M answers",
+                "ratio",
+                "token lag p50 ms",
+                "token lag p99 ms",
+            ],
             rows,
         ),
         pick_interval(res),
@@ -174,13 +247,20 @@ def pick_interval(res: Results) -> float | None:
     if not cfg.interval_latencies_ms:
         return None
     lat = min(cfg.interval_latencies_ms)
-    sweep = {i: res.get("batched", "http", lat, cfg.interval_rate, i, group="interval")
-             for i in cfg.intervals_ms}
+    sweep = {
+        i: res.get("batched", "http", lat, cfg.interval_rate, i, group="interval")
+        for i in cfg.intervals_ms
+    }
     base = sweep.get(min(cfg.intervals_ms))
     if base is None:
         return None
-    fits = [i for i, s in sweep.items() if s is not None
-            and s.lag_p99_ms - base.lag_p99_ms <= LAG_BUDGET_MS and s.ratio_max <= RATIO_TARGET]
+    fits = [
+        i
+        for i, s in sweep.items()
+        if s is not None
+        and s.lag_p99_ms - base.lag_p99_ms <= LAG_BUDGET_MS
+        and s.ratio_max <= RATIO_TARGET
+    ]
     return max(fits) if fits else None
 
 
@@ -189,11 +269,25 @@ def imports_table(rows: list[Any]) -> str:
     out = []
     for r in rows:
         rel = f"{r.median_ms / base:.1f}×" if base else "–"
-        out.append([r.case.label, f"**{r.median_ms:.0f}**", f"{r.min_ms:.0f}", rel,
-                    str(r.modules), "yes" if r.openai_loaded else "no"])
+        out.append(
+            [
+                r.case.label,
+                f"**{r.median_ms:.0f}**",
+                f"{r.min_ms:.0f}",
+                rel,
+                str(r.modules),
+                "yes" if r.openai_loaded else "no",
+            ]
+        )
     return table(
-        ["what is imported", "median ms", "fastest ms", "vs `import boto3`", "modules",
-         "openai loaded"],
+        [
+            "what is imported",
+            "median ms",
+            "fastest ms",
+            "vs `import boto3`",
+            "modules",
+            "openai loaded",
+        ],
         out,
     )
 
@@ -214,12 +308,22 @@ def plot(res: Results, path: Path, transport: str = "http") -> None:
         batched = [res.get("batched", transport, lat, rate) for lat in lats]
         naive = [res.get("naive", transport, lat, rate) for lat in lats]
         if all(batched):
-            ax.plot(lats, [s.delivery for s in batched], "o-", color=colour,
-                    label=f"batched, {rate:g} tok/s")
+            ax.plot(
+                lats,
+                [s.delivery for s in batched],
+                "o-",
+                color=colour,
+                label=f"batched, {rate:g} tok/s",
+            )
             ax.plot(lats, [s.limit for s in batched], ":", color=colour, alpha=0.6)
         if all(naive):
-            ax.plot(lats, [s.delivery for s in naive], "s--", color=colour,
-                    label=f"naive (one post per delta), {rate:g} tok/s")
+            ax.plot(
+                lats,
+                [s.delivery for s in naive],
+                "s--",
+                color=colour,
+                label=f"naive (one post per delta), {rate:g} tok/s",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("PostToConnection latency (ms)")
     ax.set_ylabel(f"delivery time of a {res.config.tokens}-token answer (s, log scale)")

@@ -73,8 +73,9 @@ class Answer:
     text: str = ""
 
 
-async def ask(url: str, prompt: str, *, model: str | None = None,
-              out: TextIO | None = None) -> Answer:
+async def ask(
+    url: str, prompt: str, *, model: str | None = None, out: TextIO | None = None
+) -> Answer:
     """Send one prompt on a new connection; print the answer as it streams; return how it ended."""
     out = out or sys.stdout
     request_id = uuid.uuid4().hex
@@ -106,8 +107,10 @@ async def ask(url: str, prompt: str, *, model: str | None = None,
         except ConnectionClosed:
             pass
         newline = "\n" if mid_line else ""
-        out.write(f"{newline}error: the connection closed before the answer was complete "
-                  f"(code {ws.close_code})\n")
+        out.write(
+            f"{newline}error: the connection closed before the answer was complete "
+            f"(code {ws.close_code})\n"
+        )
         return Answer("closed", "".join(text))
 
 
@@ -155,13 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devstack chat",
         description="Chat with the llm-stream WebSocket API from a terminal. "
-                    "End a line with \\ to continue the prompt on the next line.")
-    parser.add_argument("--url", default=DEFAULT_URL,
-                        help=f"WebSocket URL, ws:// or wss://…/prod (default {DEFAULT_URL})")
+        "End a line with \\ to continue the prompt on the next line.",
+    )
+    parser.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        help=f"WebSocket URL, ws:// or wss://…/prod (default {DEFAULT_URL})",
+    )
     parser.add_argument("--model", help="ask for this model (one of the deployment's allowed)")
-    parser.add_argument("--once", metavar="PROMPT",
-                        help="send one prompt ('-' reads it from stdin) and exit: "
-                             "0 after `end`, 1 after an error")
+    parser.add_argument(
+        "--once",
+        metavar="PROMPT",
+        help="send one prompt ('-' reads it from stdin) and exit: 0 after `end`, 1 after an error",
+    )
     args = parser.parse_args(argv)
 
     if args.once is not None:

@@ -53,7 +53,12 @@ def test_piped_prompts_each_get_an_answer_over_a_fresh_connection(stack: LocalSt
 
     done = subprocess.run(
         [sys.executable, "-m", "devstack", "chat", "--url", stack.ws_url],
-        input=prompts, capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+        input=prompts,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
     )
 
     assert done.returncode == 0, done.stderr

@@ -52,14 +52,16 @@ def test_the_interval_sweep_and_first_delta_runs_are_summarised_apart_from_the_g
 
 
 def test_importtime_output_is_summed_over_top_level_imports_after_the_mark():
-    stderr = "\n".join([
-        "import time: self [us] | cumulative | imported package",
-        "import time:       100 |        100 | site",
-        MARK,
-        "import time:        50 |         50 |   botocore.x",
-        "import time:       200 |       1250 | boto3",
-        "import time:        10 |         10 |   openai._x",
-        "import time:        20 |        750 | openai",
-    ])
+    stderr = "\n".join(
+        [
+            "import time: self [us] | cumulative | imported package",
+            "import time:       100 |        100 | site",
+            MARK,
+            "import time:        50 |         50 |   botocore.x",
+            "import time:       200 |       1250 | boto3",
+            "import time:        10 |         10 |   openai._x",
+            "import time:        20 |        750 | openai",
+        ]
+    )
     ms, modules, openai = parse_importtime(stderr)
     assert ms == 2.0 and modules == 4 and openai

@@ -33,8 +33,12 @@ def test_accepted_and_start_print_nothing() -> None:
 
 
 def test_end_after_answer_text_starts_a_new_line_then_prints_the_usage() -> None:
-    frame = {"type": "end", "requestId": "r", "finishReason": "stop",
-             "usage": {"inputTokens": 14, "outputTokens": 17}}
+    frame = {
+        "type": "end",
+        "requestId": "r",
+        "finishReason": "stop",
+        "usage": {"inputTokens": 14, "outputTokens": 17},
+    }
 
     assert chat.render(frame, mid_line=True) == "\n(tokens: 14 in / 17 out)\n"
     assert chat.render(frame) == "(tokens: 14 in / 17 out)\n"
@@ -42,10 +46,11 @@ def test_end_after_answer_text_starts_a_new_line_then_prints_the_usage() -> None
 
 def test_end_without_usage_or_with_a_finish_reason_other_than_stop_says_so() -> None:
     assert chat.render({"type": "end", "finishReason": "stop", "usage": None}) == (
-        "(no usage reported)\n")
-    assert chat.render({"type": "end", "finishReason": "length",
-                        "usage": {"inputTokens": 3, "outputTokens": None}}) == (
-        "(tokens: 3 in, finished: length)\n")
+        "(no usage reported)\n"
+    )
+    assert chat.render(
+        {"type": "end", "finishReason": "length", "usage": {"inputTokens": 3, "outputTokens": None}}
+    ) == ("(tokens: 3 in, finished: length)\n")
 
 
 def test_an_error_frame_prints_its_code_and_message() -> None:
@@ -65,13 +70,17 @@ def test_a_delta_after_a_gap_in_seq_is_preceded_by_a_warning() -> None:
 
 def test_api_gateways_own_reply_is_shown_and_unknown_frame_types_are_ignored() -> None:
     assert chat.render({"message": "Forbidden", "connectionId": "c", "requestId": "gw"}) == (
-        "gateway: Forbidden\n")
+        "gateway: Forbidden\n"
+    )
     assert chat.render({"type": "progress", "requestId": "r"}) == ""
 
 
 def test_the_message_carries_the_model_only_when_one_is_asked_for() -> None:
     assert chat.send_message("hi", "r1") == {
-        "action": "sendMessage", "requestId": "r1", "prompt": "hi"}
+        "action": "sendMessage",
+        "requestId": "r1",
+        "prompt": "hi",
+    }
     assert chat.send_message("hi", "r1", "gpt-4o")["model"] == "gpt-4o"
 
 
@@ -149,12 +158,21 @@ def fake_server() -> Iterator[Callable[[Script], FakeServer]]:
 def answer(*texts: str) -> Script:
     def script(message: dict[str, Any]) -> list[Any]:
         rid = message["requestId"]
-        frames: list[Any] = [{"type": "accepted", "requestId": rid},
-                             {"type": "start", "requestId": rid, "model": "gpt-4o-mini"}]
-        frames += [{"type": "delta", "requestId": rid, "seq": i, "text": t}
-                   for i, t in enumerate(texts)]
-        frames.append({"type": "end", "requestId": rid, "finishReason": "stop",
-                       "usage": {"inputTokens": 5, "outputTokens": len(texts)}})
+        frames: list[Any] = [
+            {"type": "accepted", "requestId": rid},
+            {"type": "start", "requestId": rid, "model": "gpt-4o-mini"},
+        ]
+        frames += [
+            {"type": "delta", "requestId": rid, "seq": i, "text": t} for i, t in enumerate(texts)
+        ]
+        frames.append(
+            {
+                "type": "end",
+                "requestId": rid,
+                "finishReason": "stop",
+                "usage": {"inputTokens": 5, "outputTokens": len(texts)},
+            }
+        )
         return [*frames, "close"]
 
     return script
@@ -178,8 +196,16 @@ def test_once_prints_the_answer_as_it_streams_and_exits_0_on_end(
 def test_once_exits_1_on_an_error_frame_even_if_the_server_keeps_the_socket_open(
     fake_server: Callable[[Script], FakeServer], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = fake_server(lambda m: [{"type": "error", "requestId": m["requestId"],
-                                     "code": "payload_too_large", "message": "too big"}])
+    server = fake_server(
+        lambda m: [
+            {
+                "type": "error",
+                "requestId": m["requestId"],
+                "code": "payload_too_large",
+                "message": "too big",
+            }
+        ]
+    )
 
     assert chat.main(["--url", server.url, "--once", "x"]) == 1
     assert capsys.readouterr().out == "error [payload_too_large]: too big\n"
@@ -188,11 +214,13 @@ def test_once_exits_1_on_an_error_frame_even_if_the_server_keeps_the_socket_open
 def test_once_ignores_frames_for_other_requests_and_reports_a_socket_closed_mid_answer(
     fake_server: Callable[[Script], FakeServer], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = fake_server(lambda m: [
-        {"type": "delta", "requestId": "someone-else", "seq": 0, "text": "nope"},
-        {"type": "delta", "requestId": m["requestId"], "seq": 0, "text": "partial"},
-        "close",
-    ])
+    server = fake_server(
+        lambda m: [
+            {"type": "delta", "requestId": "someone-else", "seq": 0, "text": "nope"},
+            {"type": "delta", "requestId": m["requestId"], "seq": 0, "text": "partial"},
+            "close",
+        ]
+    )
 
     assert chat.main(["--url", server.url, "--once", "x"]) == 1
     out = capsys.readouterr().out
@@ -201,7 +229,8 @@ def test_once_ignores_frames_for_other_requests_and_reports_a_socket_closed_mid_
 
 
 def test_each_prompt_read_from_stdin_gets_its_own_connection(
-    fake_server: Callable[[Script], FakeServer], capsys: pytest.CaptureFixture[str],
+    fake_server: Callable[[Script], FakeServer],
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import io
