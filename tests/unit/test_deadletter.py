@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 
 import pytest
 from botocore.stub import Stubber
@@ -221,3 +222,212 @@ def test_a_dead_lettered_resume_tells_its_client_to_resume_again(
     assert frame["message"] == "the answer could not be resumed; send resume again"
     assert closed == [CONNECTION]
     assert kept(aws, failed_queue) == [resume]
+
+
+# --------------------------------------------------------------------------- with the tables
+#
+# With the idempotency table, the request's own record says whether its client was told. The
+# case only the record can answer: an invocation killed mid-stream with no retry left.
+
+
+@pytest.fixture
+def deployed(aws, mock_llm, failed_queue, closed, lambda_context, monkeypatch):
+    """The tables of a deployed stack, a connected client, and its one prompt published."""
+    from tests.unit.test_sessions_core import (
+        CONVERSATIONS,
+        FRAMES,
+        IDEMPOTENCY,
+        create_session_tables,
+    )
+
+    create_session_tables(aws.dynamodb)
+    for key, value in {
+        "FRAMES_TABLE": FRAMES,
+        "CONVERSATIONS_TABLE": CONVERSATIONS,
+        "IDEMPOTENCY_TABLE": IDEMPOTENCY,
+        "MAX_CONCURRENT_STREAMS": "1",
+        "LLM_BASE_URL": mock_llm.base_url,
+        "MIN_FRAME_INTERVAL_MS": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    mock_llm.reset()
+    load_handler("connect").lambda_handler(load_event("connect.json"), lambda_context)
+    assert ask("#mock tokens=50 rate=0", lambda_context)["type"] == "accepted"
+    [notification] = aws.published()
+    sns = load_event("stream-sns.json")
+    sns["Records"][0]["Sns"]["Message"] = notification["Message"]
+    return sns
+
+
+def ask(prompt: str, context) -> dict:
+    event = load_event("send-message.json")
+    body = {"action": "sendMessage", "prompt": prompt, "requestId": uuid.uuid4().hex}
+    event["body"] = json.dumps(body)
+    return json.loads(load_handler("message").lambda_handler(event, context)["body"])
+
+
+def killed_mid_stream(sns: dict, context, monkeypatch) -> None:
+    """The stream function dies after a start and a delta, as the runtime kills an invocation
+    that runs out of memory or time: no frame, no settling, no retry left."""
+    from llmstream import worker
+    from llmstream.protocol import start_frame
+
+    class Killed(BaseException):
+        pass
+
+    def die(envelope, provider, sender, **kwargs):
+        sender.send(start_frame(envelope.request_id, envelope.model))
+        sender.delta("half an ans")
+        sender.close()
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(worker, "stream_answer", die)
+        with pytest.raises(Killed):
+            load_handler("stream").lambda_handler(sns, context)
+
+
+def lapse_lease(aws, sns: dict) -> None:
+    doc = json.loads(sns["Records"][0]["Sns"]["Message"])
+    aws.dynamodb.update_item(
+        TableName="idempotency",
+        Key={"id": {"S": f"{doc['connectionId']}#{doc['requestId']}"}},
+        UpdateExpression="SET in_progress_expiration = :past",
+        ExpressionAttributeValues={":past": {"N": "1"}},
+    )
+
+
+def killed_record(sns: dict) -> str:
+    """Lambda's on-failure record of an invocation the runtime killed (no retries left)."""
+    return json.dumps(
+        destination_record(
+            "RetriesExhausted",
+            requestPayload=sns,
+            responseContext={"statusCode": 200, "functionError": "Unhandled"},
+            responsePayload={
+                "errorType": "Runtime.ExitError",
+                "errorMessage": "RequestId: c0a2d6e4 Error: Runtime exited with error: "
+                "signal: killed",
+            },
+        )
+    )
+
+
+def request_id(sns: dict) -> str:
+    return json.loads(sns["Records"][0]["Sns"]["Message"])["requestId"]
+
+
+def test_a_stream_killed_with_no_retry_left_has_its_client_told_by_the_dead_letter_function(
+    aws, deployed, failed_queue, closed, lambda_context, monkeypatch
+):
+    killed_mid_stream(deployed, lambda_context, monkeypatch)
+    assert [f["type"] for f in frames_posted(CONNECTION)] == ["start", "delta"]
+    lapse_lease(aws, deployed)
+    body = killed_record(deployed)
+
+    assert run(sqs_event(body), lambda_context) == {"batchItemFailures": []}
+    frames = frames_posted(CONNECTION)
+    assert [f["type"] for f in frames] == ["start", "delta", "error"]
+    assert frames[-1] == {
+        "type": "error",
+        "requestId": request_id(deployed),
+        "code": "internal",
+        "message": "the answer was interrupted; send the prompt again",
+    }
+    assert closed == [CONNECTION]
+    assert kept(aws, failed_queue) == [body]
+    # A client that resumes the request is told the same, from its control item.
+    control = aws.dynamodb.get_item(
+        TableName="frames",
+        Key={"requestId": {"S": f"anon#{request_id(deployed)}"}, "seq": {"N": "-1"}},
+    )["Item"]
+    assert control["status"]["S"] == "failed"
+    assert json.loads(control["final"]["S"]) == frames[-1]
+    # The stream slot the prompt held is free again: the next prompt is accepted.
+    assert ask("again", lambda_context)["type"] == "accepted"
+
+
+def test_a_dead_letter_seen_twice_tells_its_client_once(
+    aws, deployed, failed_queue, closed, lambda_context, monkeypatch
+):
+    killed_mid_stream(deployed, lambda_context, monkeypatch)
+    lapse_lease(aws, deployed)
+    body = killed_record(deployed)
+    run(sqs_event(body), lambda_context)
+    run(sqs_event(body), lambda_context)  # SQS delivers at least once
+    assert [f["type"] for f in frames_posted(CONNECTION)] == ["start", "delta", "error"]
+    assert closed == [CONNECTION]
+
+
+def test_a_request_still_held_by_a_live_invocation_goes_back_to_the_queue_untold(
+    aws, deployed, failed_queue, closed, lambda_context, monkeypatch
+):
+    killed_mid_stream(deployed, lambda_context, monkeypatch)  # its lease has not run out yet
+    other = json.dumps(destination_record("EventAgeExceeded"))
+    event = sqs_event(killed_record(deployed), other)
+    assert run(event, lambda_context) == {"batchItemFailures": [{"itemIdentifier": "m-0"}]}
+    # Only the other message was settled: its client (the same connection here) was told
+    # that its prompt never started, and it alone was kept.
+    assert [f["message"] for f in frames_posted(CONNECTION) if f["type"] == "error"] == [
+        "the answer could not be started; send the prompt again"
+    ]
+    assert kept(aws, failed_queue) == [other]
+    # Once the lease has lapsed, the message coming round again is settled.
+    lapse_lease(aws, deployed)
+    assert run(sqs_event(killed_record(deployed)), lambda_context) == {"batchItemFailures": []}
+    assert "interrupted" in frames_posted(CONNECTION)[-1]["message"]
+
+
+def test_a_request_that_failed_on_our_side_is_not_told_twice(
+    aws, deployed, failed_queue, closed, lambda_context, monkeypatch
+):
+    from llmstream import streaming
+    from llmstream.worker import RequestFailed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as m:
+        m.setattr(streaming, "build_messages", broken)
+        with pytest.raises(RequestFailed):
+            load_handler("stream").lambda_handler(deployed, lambda_context)
+    told = frames_posted(CONNECTION)
+    assert told[-1]["code"] == "internal"
+    # Whatever Lambda's record says (here: that the function never answered).
+    body = json.dumps(destination_record("RetriesExhausted", requestPayload=deployed))
+    assert run(sqs_event(body), lambda_context) == {"batchItemFailures": []}
+    assert frames_posted(CONNECTION) == told
+    assert kept(aws, failed_queue) == [body]
+
+
+def test_a_prompt_dead_lettered_unrun_is_settled_so_a_late_delivery_never_streams_it(
+    aws, deployed, failed_queue, closed, mock_llm, lambda_context
+):
+    from llmstream.worker import RequestFailed
+
+    body = json.dumps(destination_record("EventAgeExceeded", requestPayload=deployed))
+    run(sqs_event(body), lambda_context)
+    assert frames_posted(CONNECTION)[-1]["message"] == (
+        "the answer could not be started; send the prompt again"
+    )
+    with pytest.raises(RequestFailed):  # a duplicate SNS delivery, after the client was told
+        load_handler("stream").lambda_handler(deployed, lambda_context)
+    assert mock_llm.requests == []
+    assert ask("again", lambda_context)["type"] == "accepted"  # the slot was given back
+
+
+def test_an_unreachable_idempotency_table_sends_the_message_round_again(
+    aws, deployed, failed_queue, closed, lambda_context, monkeypatch
+):
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    monkeypatch.setenv("IDEMPOTENCY_TABLE", "missing")
+    body = json.dumps(destination_record("EventAgeExceeded", requestPayload=deployed))
+    unreadable = "not a prompt"  # needs no table: kept at once
+    assert run(sqs_event(body, unreadable), lambda_context) == {
+        "batchItemFailures": [{"itemIdentifier": "m-0"}]
+    }
+    with pytest.raises(BatchProcessingError):  # every message failed: the whole batch goes back
+        run(sqs_event(body), lambda_context)
+    assert frames_posted(CONNECTION) == []
+    assert kept(aws, failed_queue) == [unreadable]

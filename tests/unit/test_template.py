@@ -715,7 +715,27 @@ def test_dead_letters_are_told_then_kept_in_the_alarmed_failed_queue(
         key=str,
     )
     others = actions_of(template, "DeadLetterFunction") - set().union(*(a for a, _ in sqs))
-    assert others == {"execute-api:ManageConnections"}
+    assert others == {
+        "execute-api:ManageConnections",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    }
+    tables = {
+        table: actions
+        for actions, scopes in grants(props)
+        for scope in scopes
+        if isinstance(scope, dict) and "Fn::GetAtt" in scope
+        for table in [scope["Fn::GetAtt"][0]]
+        if table.endswith("Table")
+    }
+    assert tables == {
+        "IdempotencyTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"},
+        "FramesTable": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        "ConnectionsTable": {"dynamodb:UpdateItem"},
+    }
+    # One message whose request is still held goes back to the queue alone.
+    assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     failed = res["StreamFailedQueue"]["Properties"]
     assert failed["SqsManagedSseEnabled"] is True and failed["MessageRetentionPeriod"] == 1209600
     dlq = res["StreamDeadLetterQueue"]["Properties"]

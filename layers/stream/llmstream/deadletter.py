@@ -1,10 +1,14 @@
 """What the dead-letter function does with one message of the stream dead-letter queue: find the
-prompt's connection and tell its client that the answer could not be started.
+prompt's connection and tell its client that the answer could not be started, or was cut off.
 
 Two shapes reach the queue. SNS could not invoke a stream function (subscription redrive): the
 body is the SNS notification, or the bare envelope. Lambda dropped or gave up on an invocation
 (on-failure destination): the body is Lambda's record, whose ``requestPayload`` is the SNS event.
-When the record says our function ran and failed every retry, it told the client itself.
+
+Whether the client was told already is the request's idempotency record's to say. Our code
+tells the client whenever it fails, and marks the record failed; but an invocation that is
+killed (out of memory, timed out) tells nobody, and with no retry left nothing else would.
+Such a request's record is still in progress with a lapsed lease: this module takes it over.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .envelope import InvalidEnvelope, PromptEnvelope, ResumeEnvelope, parse_message
+from .idempotency import Claim, Deduplicator
 from .management import Connection, ConnectionGone
 from .observability import logger
 from .protocol import ErrorCode, encode, error_frame
-from .worker import DOMAIN_PATTERN, NOT_STARTED, STAGE_PATTERN
+from .settings import Settings
+from .worker import DOMAIN_PATTERN, INTERRUPTED, NOT_STARTED, STAGE_PATTERN, give_up
 
 TOLD, ALREADY_TOLD, GONE, UNREADABLE, NOT_TOLD = (
     "told",
@@ -48,7 +54,8 @@ def _object(raw: Any) -> dict[str, Any]:
 
 
 def _read(body: str) -> tuple[PromptEnvelope | ResumeEnvelope, bool]:
-    """The envelope, and whether our stream function ran and so told the client already."""
+    """The envelope, and whether Lambda's record says our stream function ran (and so, unless
+    it died, told the client already)."""
     doc = _object(body)
     told = False
     if "requestContext" in doc and "requestPayload" in doc:  # Lambda on-failure destination
@@ -78,26 +85,66 @@ def _read(body: str) -> tuple[PromptEnvelope | ResumeEnvelope, bool]:
     return envelope, told
 
 
+class TryLater(Exception):
+    """A live invocation holds the request: look again once it has ended or its lease ran out
+    (the message goes back to the queue and comes round after its visibility timeout)."""
+
+
 def notify_dead_letter(
-    body: str, *, connection_factory: Callable[[Any], Connection]
+    body: str,
+    *,
+    connection_factory: Callable[[Any], Connection],
+    settings: Settings | None = None,
+    dynamodb: Any = None,
 ) -> str:
-    """Tell the client of a dead-lettered prompt (``error`` ``internal``) and close its
-    connection, unless the stream function did already. Returns the outcome; never raises for
-    a message or a connection that is not ours to fix."""
+    """Tell the client of a dead-lettered request (``error`` ``internal``) and close its
+    connection, unless code of ours told it already. Returns the outcome; never raises for a
+    message or a connection that is not ours to fix. Raises ``TryLater`` while the request is
+    still held, and DynamoDB's errors, so that the message is looked at again.
+
+    With the idempotency table the request's own record says whether its client was told:
+    a request never claimed, or whose streaming invocation died with no retry left, was not.
+    Without it, Lambda's record says whether our function ran."""
     try:
-        envelope, told = _read(body)
+        envelope, ran = _read(body)
     except _Unreadable as exc:
         logger.warning("a dead letter holds no readable prompt", extra={"reason": str(exc)})
         return UNREADABLE
     ids = {"request_id": envelope.request_id, "connection_id": envelope.connection_id}
-    if told:
+    conn: Connection | None = None
+    if isinstance(envelope, ResumeEnvelope):
+        reason = NOT_RESUMED
+    elif dynamodb is not None and settings is not None and settings.idempotency_table:
+        dedupe = Deduplicator(
+            dynamodb, settings.idempotency_table, expires_after=settings.connection_ttl_seconds
+        )
+        claim = dedupe.close_out(envelope.idempotency_key)
+        if claim is Claim.IN_PROGRESS:
+            logger.info("dead letter: the request is still being streamed", extra=ids)
+            raise TryLater("the request is held by a live invocation")
+        if claim in (Claim.COMPLETED, Claim.FAILED):
+            logger.info("dead letter: the request ended and its client was told", extra=ids)
+            return ALREADY_TOLD
+        ran = False
+        reason = NOT_STARTED if claim is Claim.NEW else INTERRUPTED
+        conn = give_up(
+            envelope,
+            reason,
+            settings=settings,
+            connection=connection_factory,
+            dynamodb=dynamodb,
+        )
+    else:
+        reason = NOT_STARTED
+    if ran:
         logger.info("dead letter: the stream function told the client already", extra=ids)
         return ALREADY_TOLD
-    conn = connection_factory(envelope)
-    reason = NOT_RESUMED if isinstance(envelope, ResumeEnvelope) else NOT_STARTED
-    frame = error_frame(envelope.request_id, ErrorCode.INTERNAL, reason)
+    return _tell_and_close(conn or connection_factory(envelope), envelope.request_id, reason, ids)
+
+
+def _tell_and_close(conn: Connection, request_id: str, reason: str, ids: dict[str, str]) -> str:
     try:
-        conn.post(encode(frame))
+        conn.post(encode(error_frame(request_id, ErrorCode.INTERNAL, reason)))
     except ConnectionGone:
         logger.info("dead letter: the client has gone", extra=ids)
         return GONE

@@ -74,16 +74,29 @@ class Deduplicator:
         return str(int((self._clock() + self._lease) * 1000))
 
     def claim(self, key: str) -> Claim:
+        """A delivery's claim on the request: NEW (stream it) or what became of it."""
+        return self._claim(key, Status.IN_PROGRESS)
+
+    def close_out(self, key: str) -> Claim:
+        """Settle as failed a request that no invocation is left to answer (the dead-letter
+        function's view): NEW when it was never claimed, INTERRUPTED when its streaming
+        invocation died (the caller now owns telling the client, in both cases), IN_PROGRESS
+        while a live invocation holds it, and otherwise how it ended."""
+        return self._claim(key, Status.FAILED)
+
+    def _claim(self, key: str, initial: Status) -> Claim:
         now = self._clock()
+        item = {
+            "id": {"S": key},
+            "status": {"S": initial.value},
+            "expiration": {"N": str(int(now) + self._expires_after)},
+        }
+        if initial is Status.IN_PROGRESS:
+            item["in_progress_expiration"] = {"N": self._lease_until_ms()}
         try:
             self._dynamodb.put_item(
                 TableName=self._table,
-                Item={
-                    "id": {"S": key},
-                    "status": {"S": Status.IN_PROGRESS.value},
-                    "expiration": {"N": str(int(now) + self._expires_after)},
-                    "in_progress_expiration": {"N": self._lease_until_ms()},
-                },
+                Item=item,
                 # DynamoDB deletes expired items lazily; an expired one counts as absent.
                 ConditionExpression="attribute_not_exists(id) OR expiration < :now",
                 ExpressionAttributeValues={":now": {"N": str(int(now))}},

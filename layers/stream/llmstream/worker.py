@@ -366,13 +366,13 @@ class _Answer:
         except Exception:  # the client has its answer; only a later resume would miss it
             logger.exception("could not record the end of the request")
 
-    def settle_interrupted(self) -> None:
+    def settle_interrupted(self, message: str = INTERRUPTED) -> None:
         """Best effort: a request that cannot be answered is no longer in progress, and a client
         that resumes it is told so (its frames died with the invocation that streamed them)."""
         if self.control is None:
             return
         try:
-            state = self.state or self.control.read(self.key)
+            state = self.state = self.state or self.control.read(self.key)
             if state is None:
                 return
             self.control.settle(
@@ -380,7 +380,7 @@ class _Answer:
                 status=Status.FAILED,
                 attach=max(state.attach, self.watcher.attach if self.watcher else 0),
                 last_seq=-1,
-                final=error_frame(self.envelope.request_id, ErrorCode.INTERNAL, INTERRUPTED),
+                final=error_frame(self.envelope.request_id, ErrorCode.INTERNAL, message),
                 expires_at=int(time.time()) + self.settings.resume_ttl_seconds,
             )
         except Exception:
@@ -424,6 +424,30 @@ class _Answer:
             )
         except Exception:
             logger.exception("could not give back the stream slot")
+
+
+def give_up(
+    envelope: PromptEnvelope,
+    message: str,
+    *,
+    settings: Settings,
+    connection: Callable[[Any], Connection],
+    dynamodb: Any,
+) -> Connection:
+    """End a request that no invocation will answer (the dead-letter function's part): record
+    ``message`` as its end for a client that resumes it, give back its stream slot, and return
+    the connection its client is on now, to be told there."""
+    answer = _Answer(envelope, connection, settings, _no_provider, lambda: 0.0, dynamodb)
+    answer.settle_interrupted(message)
+    answer.release()
+    if answer.state is not None and answer.state.attach > 0:  # the client resumed elsewhere
+        with contextlib.suppress(ValueError):
+            return answer.connect(answer.state.target)
+    return answer.conn
+
+
+def _no_provider(envelope: PromptEnvelope) -> Provider:
+    raise RuntimeError("a request given up on calls no model")
 
 
 def replay_answer(
