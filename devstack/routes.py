@@ -54,6 +54,7 @@ FUNCTIONS: dict[str, FunctionDefaults] = {
     "message": FunctionDefaults("MessageFunction", timeout=10, memory_mb=256),
     "stream": FunctionDefaults("StreamFunction", timeout=900, memory_mb=512, async_retries=1),
     "authorizer": FunctionDefaults("AuthorizerFunction", timeout=10, memory_mb=256),
+    "deadletter": FunctionDefaults("DeadLetterFunction", timeout=60, memory_mb=256),
 }
 
 STREAM_FILTER_ATTRIBUTE = "provider"

@@ -223,6 +223,19 @@ class Runtime:
             self._zygote = None
         self._restore_env()
 
+    def crash(self, name: str) -> int:
+        """SIGKILL every container of ``name`` that is running an invocation, as Lambda kills
+        one that runs out of memory; returns how many. Its watchdog then fails the invocation
+        with Runtime.ExitError. (Process isolation only.)"""
+        pool = self._pools.get(name)
+        if not isinstance(pool, _ProcessPool):
+            raise ValueError(f"{name!r} does not run in containers")
+        pids = [i.container.pid for i in pool.running.values() if i.container and i.container.pid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
+
     def kill(self) -> None:
         """Kill every container at once (no clean-up); safe to call from any thread, any time."""
         zygote = self._zygote
@@ -411,6 +424,11 @@ class _ThreadPool(_Pool):
             if isinstance(handler, str):
                 assert self.spec.code_dir is not None
                 self.runtime.apply_env(self.spec)
+                # One process for every function: the settings a handler reads at import must
+                # come from this environment, not from a cache an earlier function filled.
+                cached = sys.modules.get("llmstream.settings")
+                if cached is not None:
+                    cached.get_settings.cache_clear()
                 for path in (self.spec.code_dir, *self.spec.layers):
                     if str(path) not in sys.path:
                         sys.path.append(str(path))

@@ -48,6 +48,7 @@ TEMPLATE_DEFAULTS: dict[str, str] = {
     "MAX_PROMPT_BYTES": "16384",
     "MIN_FRAME_INTERVAL_MS": "50",
     "DEADLINE_MARGIN_SECONDS": "10",
+    "STREAM_LEASE_SECONDS": "30",
     "CONNECTION_TTL_SECONDS": "7200",
     "LOG_CONTENT": "false",
     "RATE_LIMIT_PER_MINUTE": "20",
@@ -84,6 +85,21 @@ TABLES: dict[str, dict[str, Any]] = {
 }
 
 
+def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+    """One record of the SQS event Lambda's event source mapping builds from a message."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": {},
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": REGION,
+    }
+
+
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on the running loop; port 0 picks a free one. Returns the runner and port."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
@@ -116,11 +132,15 @@ class StackConfig:
     prewarm: bool = True  # one warm container per function at start, like provisioned concurrency
     retry_delays: tuple[float, ...] = (1.0, 2.0)  # Lambda waits ~1 and ~2 minutes
     max_concurrency: dict[str, int] = field(default_factory=dict)
+    async_retries: dict[str, int] = field(default_factory=dict)  # e.g. StreamMaxRetryAttempts
     env: dict[str, str] = field(default_factory=dict)  # extra/overridden function environment
     extra_functions: list[FunctionSpec] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)  # besides StreamFunction's
     static_dir: Path | None = None  # None: devstack/static
     bedrock_fanout: bool = False  # EnableBedrockFanout=true, with the mock Bedrock endpoint
+    # How long a dead letter the dead-letter function hands back waits before it comes round
+    # again (the template's StreamDeadLetterQueue says 360 s; shorter here, so one sees it).
+    dead_letter_visibility: int = 30
     mock_llm_log: bool = False
 
 
@@ -133,7 +153,7 @@ class LocalStack:
         self.mock_llm: Any = None
         self.mock_bedrock: Any = None
         self.llm_base_url = ""
-        self.topic_arn = self.dead_letter_queue_url = ""
+        self.topic_arn = self.dead_letter_queue_url = self.failed_queue_url = ""
         self.hmac_secret = ""
         self.tables: dict[str, str] = {}
         self.runtime: Runtime | None = None
@@ -145,6 +165,7 @@ class LocalStack:
         self._thread: threading.Thread | None = None
         self._runners: list[web.AppRunner] = []
         self._internal_url = ""
+        self._poller: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -259,8 +280,19 @@ class LocalStack:
             )
             self.tables[env_name] = name
         self.topic_arn = self.client("sns").create_topic(Name=f"{PREFIX}-prompts")["TopicArn"]
-        self.dead_letter_queue_url = self.client("sqs").create_queue(
-            QueueName=f"{PREFIX}-stream-dlq"
+        sqs = self.client("sqs")
+        self.failed_queue_url = sqs.create_queue(QueueName=f"{PREFIX}-stream-failed")["QueueUrl"]
+        failed_arn = sqs.get_queue_attributes(
+            QueueUrl=self.failed_queue_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        self.dead_letter_queue_url = sqs.create_queue(
+            QueueName=f"{PREFIX}-stream-dlq",
+            Attributes={
+                "VisibilityTimeout": str(self.config.dead_letter_visibility),
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": failed_arn, "maxReceiveCount": 5}
+                ),
+            },
         )["QueueUrl"]
         key = (
             self.config.llm_api_key
@@ -296,6 +328,9 @@ class LocalStack:
             {
                 **self.tables,
                 "PROMPT_TOPIC_ARN": self.topic_arn,
+                # DeadLetterFunction's own in the template; here for every function, so that
+                # thread isolation (one process, one settings cache) works too.
+                "FAILED_QUEUE_URL": self.failed_queue_url,
                 "LLM_BASE_URL": self.llm_base_url,
                 "LLM_MODEL": cfg.llm_model
                 or os.environ.get("LLM_MODEL")
@@ -376,7 +411,7 @@ class LocalStack:
                     function_name=f"{PREFIX}-{defaults.logical_id}",
                     timeout=defaults.timeout,
                     memory_mb=defaults.memory_mb,
-                    async_retries=defaults.async_retries,
+                    async_retries=cfg.async_retries.get(name, defaults.async_retries),
                     max_concurrency=cfg.max_concurrency.get(name, 100 if name == "stream" else 10),
                     env=self.function_overrides(name),
                     isolation=cfg.isolation,
@@ -430,6 +465,41 @@ class LocalStack:
             MessageBody=json.dumps(record),
         )
 
+    async def _consume_dead_letters(self) -> None:
+        """The DeadLetterEventSource mapping: poll the dead-letter queue, hand each batch to the
+        dead-letter function, delete what it settled; the rest comes round again."""
+        sqs = self.client("sqs")
+        arn = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{PREFIX}-stream-dlq"
+        while True:
+            try:
+                received = await asyncio.to_thread(
+                    sqs.receive_message,
+                    QueueUrl=self.dead_letter_queue_url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1,
+                    AttributeNames=["All"],
+                )
+            except Exception:  # moto is stopping
+                await asyncio.sleep(1)
+                continue
+            messages = received.get("Messages", [])
+            if not messages:
+                continue
+            event = {"Records": [sqs_record(m, arn) for m in messages]}
+            try:
+                result = await self.runtime.invoke("deadletter", event) if self.runtime else None
+            except Exception as exc:  # the whole batch comes round again
+                log.warning("the dead-letter function failed: %s", exc)
+                continue
+            failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
+            for message in messages:
+                if message["MessageId"] not in failed:
+                    await asyncio.to_thread(
+                        sqs.delete_message,
+                        QueueUrl=self.dead_letter_queue_url,
+                        ReceiptHandle=message["ReceiptHandle"],
+                    )
+
     # ------------------------------------------------------------------ servers (on the loop)
 
     async def _serve(self, app: web.Application, port: int) -> int:
@@ -474,6 +544,8 @@ class LocalStack:
         self.management_url = f"http://{cfg.host}:{ws_port}/{cfg.stage}"
         self.http_url = f"http://{cfg.host}:{await self._serve(self._page_app(), cfg.http_port)}/"
         await self.runtime.start(self._internal_url, prewarm=cfg.prewarm)
+        if "deadletter" in self.runtime.specs:
+            self._poller = asyncio.get_running_loop().create_task(self._consume_dead_letters())
 
     def _page_app(self) -> web.Application:
         static = self.config.static_dir or Path(__file__).resolve().parent / "static"
@@ -505,6 +577,9 @@ class LocalStack:
         return app
 
     async def _astop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         if self.gateway is not None:
             for conn in list(self.gateway.connections.values()):
                 conn.close_soon(1001, "Going away")

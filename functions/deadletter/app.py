@@ -24,7 +24,8 @@ from llmstream.observability import logger, metrics, tracer
 from llmstream.settings import get_settings
 
 settings = get_settings()
-processor = BatchProcessor(event_type=EventType.SQS)
+# A held message is no error of the function: it goes back to the queue, even when alone.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def _connection(envelope):

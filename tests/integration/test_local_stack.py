@@ -153,6 +153,35 @@ def test_a_client_that_leaves_mid_stream_stops_the_llm_call(stack: LocalStack) -
     assert record().tokens_sent < 400
 
 
+def test_a_client_that_leaves_while_the_model_sends_nothing_stops_the_llm_call_too(
+    stack: LocalStack,
+) -> None:
+    """With nothing to post, the stream function asks the Management API whether the client is
+    still there (every 5 s of silence), rather than wait out the 30 s stall timeout."""
+    marker = uuid.uuid4().hex
+    prompt = f"#mock tokens=50 rate=50 stall_after=2\nleaving a stalled model {marker}"
+
+    async def leave_once_it_stalls() -> None:
+        async with websockets.connect(stack.ws_url) as ws:
+            await ws.send(send_message(prompt))
+            deltas = 0
+            async for raw in ws:
+                deltas += json.loads(raw)["type"] == "delta"
+                if deltas == 2:
+                    break
+
+    run(leave_once_it_stalls())
+    mock = stack.mock_llm
+
+    def record() -> Any:
+        return next((r for r in mock.requests if marker in json.dumps(r.body)), None)
+
+    assert mock.wait_for(lambda: record() is not None and record().client_closed, timeout=20)
+    assert not record().completed and record().tokens_sent == 2
+    invocation = stream_invocation(stack, marker)
+    assert invocation.ok  # the client leaving is no failure
+
+
 def test_an_llm_failing_mid_stream_gives_five_deltas_then_an_llm_error_and_a_close(
     stack: LocalStack,
 ) -> None:

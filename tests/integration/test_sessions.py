@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -189,6 +190,29 @@ def test_cancel_closes_the_models_stream_and_ends_the_answer_as_cancelled(
     record = llm_request(stack, marker)
     assert stack.mock_llm.wait_for(lambda: record.client_closed, timeout=10)
     assert not record.completed and record.tokens_sent < 400
+
+
+def test_cancel_while_the_model_sends_nothing_ends_the_answer_at_once(stack: LocalStack) -> None:
+    """A model still thinking (or stalled) is no reason to make a Stop wait for it: the stack's
+    stall timeout is 30 s, and without the abort this answer would end in a timeout error."""
+    rid, marker = new_id("cancel-stalled"), uuid.uuid4().hex
+
+    async def scenario() -> list[Frame]:
+        async with websockets.connect(stack.ws_url, open_timeout=60) as ws:
+            frames: list[Frame] = []
+            await ws.send(send(rid, f"think\n#mock tokens=50 rate=50 stall_after=2\n{marker}"))
+            await read_until(ws, frames, lambda f: len(deltas(frames)) == 2 or is_end(f))
+            await ws.send(cancel(rid))
+            async with asyncio.timeout(15):
+                await read_to_close(ws, frames)
+            return frames
+
+    frames = run(scenario())
+    assert frames[-1]["type"] == "end" and frames[-1]["finishReason"] == "cancelled"
+    assert text(frames) == tokens(2)
+    record = llm_request(stack, marker)
+    assert stack.mock_llm.wait_for(lambda: record.client_closed, timeout=10)
+    assert not record.completed and record.tokens_sent == 2
 
 
 def test_cancel_finds_nothing_for_an_unknown_request_or_another_connections_answer(

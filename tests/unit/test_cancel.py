@@ -3,6 +3,7 @@ stream function sees it (a scripted model, the real frame sender, moto DynamoDB,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -17,7 +18,7 @@ from llmstream.envelope import PromptEnvelope
 from llmstream.llm import Chunk
 from llmstream.protocol import Cancel, ErrorCode, Limits, ProtocolError, parse_client_message
 from llmstream.sender import FrameSender
-from llmstream.streaming import Outcome, stream_answer
+from llmstream.streaming import Cancellation, Outcome, StreamLimits, stream_answer
 from moto import mock_aws
 
 from tests.conftest import load_event, load_handler
@@ -133,6 +134,105 @@ def test_a_cancelled_answer_is_kept_in_the_conversation_as_far_as_it_went():
         before_end=lambda outcome, text: turns.append((outcome, text)),
     )
     assert turns == [(Outcome.CANCELLED, "t0 t1 t2 t3 t4 ")]
+
+
+@pytest.fixture(params=["openai", "bedrock"])
+def stalling_model(request, mock_llm) -> Iterator[tuple[Any, Any]]:
+    """A real provider over HTTP whose model sends two tokens, then nothing at all."""
+    if request.param == "openai":
+        from llmstream.llm import OpenAIProvider, openai_client
+
+        mock_llm.reset()
+        yield OpenAIProvider(openai_client("sk-test", mock_llm.base_url)), mock_llm
+        return
+    from llmstream.bedrock import BedrockProvider
+
+    from devstack.mock_bedrock import MockBedrock
+
+    with MockBedrock() as mock:
+        yield BedrockProvider(mock.client), None
+
+
+def test_a_cancel_while_the_model_stalls_ends_the_answer_at_once_not_at_the_stall_timeout(
+    stalling_model,
+):
+    provider, mock = stalling_model
+    envelope = dataclasses.replace(
+        ENVELOPE,
+        messages=({"role": "user", "content": "#mock tokens=50 rate=100 stall_after=2"},),
+    )
+    posted: list[dict[str, Any]] = []
+    sender = FrameSender(lambda data: posted.append(json.loads(data)), "r", min_interval=0)
+    cancellation = Cancellation()
+
+    def cancel_once_stalled() -> None:
+        while sender.stats.deltas < 2:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the model now sends nothing; the stream waits in a read
+        cancellation.set()
+
+    threading.Thread(target=cancel_once_stalled, daemon=True).start()
+    # Without the abort this would wait out the 20 s read timeout and end in a timeout error.
+    result = stream_answer(
+        envelope, provider, sender, cancelled=cancellation, limits=StreamLimits(read_timeout=20)
+    )
+
+    assert result.outcome == Outcome.CANCELLED and cancellation.aborted
+    assert [f["type"] for f in posted] == ["start", *["delta"] * (len(posted) - 2), "end"]
+    assert "".join(f["text"] for f in posted if f["type"] == "delta") == "t0 t1 "
+    assert posted[-1]["finishReason"] == "cancelled"
+    if mock is not None:  # the model's HTTP stream was closed, well before it timed out
+        assert mock.wait_for(lambda: mock.requests[0].client_closed, timeout=5)
+
+
+def test_a_client_that_leaves_while_the_model_stalls_ends_the_stream_at_once(stalling_model):
+    from llmstream.management import ConnectionGone
+
+    provider, mock = stalling_model
+    envelope = dataclasses.replace(
+        ENVELOPE,
+        messages=({"role": "user", "content": "#mock tokens=50 rate=100 stall_after=2"},),
+    )
+    posted: list[dict[str, Any]] = []
+    left = threading.Event()
+
+    def probe() -> None:  # what GetConnection says
+        if left.is_set():
+            raise ConnectionGone("410")
+
+    sender = FrameSender(
+        lambda data: posted.append(json.loads(data)),
+        "r",
+        min_interval=0,
+        probe=probe,
+        probe_after=0.05,
+    )
+
+    def leave_once_stalled() -> None:
+        while sender.stats.deltas < 2:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        left.set()
+
+    threading.Thread(target=leave_once_stalled, daemon=True).start()
+    # Without the probe and the abort this would wait out the 20 s read timeout.
+    result = stream_answer(envelope, provider, sender, limits=StreamLimits(read_timeout=20))
+
+    assert result.outcome == Outcome.GONE
+    assert [f["type"] for f in posted] == ["start", *["delta"] * (len(posted) - 1)]
+    assert "".join(f["text"] for f in posted if f["type"] == "delta") == "t0 t1 "
+    if mock is not None:
+        assert mock.wait_for(lambda: mock.requests[0].client_closed, timeout=5)
+
+
+def test_a_cancel_that_comes_after_the_answer_changes_nothing():
+    posted: list[dict[str, Any]] = []
+    cancellation = Cancellation()
+    sender = FrameSender(lambda data: posted.append(json.loads(data)), "r", min_interval=0)
+    result = stream_answer(ENVELOPE, ScriptedModel(3), sender, cancelled=cancellation)
+    cancellation.set()
+    assert result.outcome == Outcome.COMPLETED and not cancellation.aborted
+    assert posted[-1]["type"] == "end" and posted[-1]["finishReason"] == "stop"
 
 
 # --------------------------------------------------------------------------- end to end

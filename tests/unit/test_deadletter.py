@@ -192,14 +192,17 @@ def test_the_prompt_never_reaches_the_logs(aws, failed_queue, closed, lambda_con
     assert "told the client" in out and PROMPT not in out
 
 
-def test_a_prompt_that_cannot_be_kept_fails_the_batch_so_it_stays_in_the_dead_letter_queue(
+def test_a_prompt_that_cannot_be_kept_goes_back_to_the_dead_letter_queue(
     aws, closed, lambda_context, monkeypatch
 ):
     monkeypatch.setenv(
         "FAILED_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/missing"
     )
-    with pytest.raises(Exception, match="NonExistentQueue|does not exist"):
-        run(load_event("deadletter-sqs.json"), lambda_context)
+    event = load_event("deadletter-sqs.json")
+    assert run(event, lambda_context) == {
+        "batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]
+    }
+    assert_told_and_closed(closed)
 
 
 def test_a_dead_lettered_resume_tells_its_client_to_resume_again(
@@ -419,15 +422,15 @@ def test_a_prompt_dead_lettered_unrun_is_settled_so_a_late_delivery_never_stream
 def test_an_unreachable_idempotency_table_sends_the_message_round_again(
     aws, deployed, failed_queue, closed, lambda_context, monkeypatch
 ):
-    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-
     monkeypatch.setenv("IDEMPOTENCY_TABLE", "missing")
     body = json.dumps(destination_record("EventAgeExceeded", requestPayload=deployed))
     unreadable = "not a prompt"  # needs no table: kept at once
     assert run(sqs_event(body, unreadable), lambda_context) == {
         "batchItemFailures": [{"itemIdentifier": "m-0"}]
     }
-    with pytest.raises(BatchProcessingError):  # every message failed: the whole batch goes back
-        run(sqs_event(body), lambda_context)
+    # Every message failed: each goes back, and the function itself does not fail.
+    assert run(sqs_event(body, body), lambda_context) == {
+        "batchItemFailures": [{"itemIdentifier": "m-0"}, {"itemIdentifier": "m-1"}]
+    }
     assert frames_posted(CONNECTION) == []
     assert kept(aws, failed_queue) == [unreadable]

@@ -82,20 +82,39 @@ def test_an_extra_subscriber_gets_only_the_prompts_its_filter_policy_matches(
     assert not stack.invocations("stream")  # StreamFunction only takes provider=openai
 
 
-def test_an_async_invocation_that_keeps_failing_lands_in_the_dead_letter_queue(
+def test_an_async_invocation_that_keeps_failing_goes_through_the_dead_letter_function(
     stack: LocalStack,
 ) -> None:
     publish(stack, "broken", '{"doomed":true}')
-    sqs = stack.client("sqs")
-    messages = sqs.receive_message(
-        QueueUrl=stack.dead_letter_queue_url, WaitTimeSeconds=10, MaxNumberOfMessages=1
-    )["Messages"]
-    record = json.loads(messages[0]["Body"])
-    assert record["requestContext"]["condition"] == "RetriesExhausted"
-    assert record["requestContext"]["approximateInvokeCount"] == 2
-    assert record["responsePayload"]["errorType"] == "RuntimeError"
-    assert record["requestPayload"]["Records"][0]["Sns"]["Message"] == '{"doomed":true}'
+
+    def dead_letter_runs(invocations: list[Any]) -> Any:
+        return [i for i in invocations if i.function == "deadletter"] or None
+
+    (invocation,) = stack.wait_for_invocations(dead_letter_runs, timeout=20)
+    assert invocation.ok and invocation.result == {"batchItemFailures": []}
+    (record,) = invocation.event["Records"]
+    assert record["eventSource"] == "aws:sqs"
+    assert record["eventSourceARN"].endswith(":llm-stream-local-stream-dlq")
+    # Lambda's on-failure record, as the runtime wrote it to the dead-letter queue ...
+    body = json.loads(record["body"])
+    assert body["requestContext"]["condition"] == "RetriesExhausted"
+    assert body["requestContext"]["approximateInvokeCount"] == 2
+    assert body["responsePayload"]["errorType"] == "RuntimeError"
+    assert body["requestPayload"]["Records"][0]["Sns"]["Message"] == '{"doomed":true}'
     assert [i.attempt for i in stack.invocations("broken")] == [0, 1]
+    # ... is kept in the failed queue (its message is no prompt: nobody to tell), and the
+    # dead-letter queue is drained.
+    sqs = stack.client("sqs")
+    kept = sqs.receive_message(QueueUrl=stack.failed_queue_url, WaitTimeSeconds=5)["Messages"]
+    assert [m["Body"] for m in kept] == [record["body"]]
+    depth = sqs.get_queue_attributes(
+        QueueUrl=stack.dead_letter_queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert depth == {
+        "ApproximateNumberOfMessages": "0",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }
 
 
 def test_functions_never_see_real_credentials_or_the_llm_key(stack: LocalStack) -> None:

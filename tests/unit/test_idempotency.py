@@ -4,6 +4,7 @@ a crash or a failure, and the idempotency record itself (moto DynamoDB, injected
 from __future__ import annotations
 
 import threading
+import time
 
 import boto3
 import pytest
@@ -123,6 +124,46 @@ def test_the_heartbeat_renews_in_the_background_until_the_block_ends(table):
         assert renewed.wait(5)
     clock.now += 29  # 54 s after the claim, 29 s after the renewal
     assert d.claim(KEY) is Claim.IN_PROGRESS
+
+
+def test_close_out_settles_what_no_invocation_is_left_to_answer(table):
+    clock = Clock()
+    d = dedupe(table, clock)
+    assert d.close_out("never#claimed") is Claim.NEW  # nobody ran it: the caller tells
+    assert d.claim("never#claimed") is Claim.FAILED  # and a late delivery never streams it
+    d.claim(KEY)
+    clock.now += 29
+    assert d.close_out(KEY) is Claim.IN_PROGRESS  # a live lease: not ours yet
+    clock.now += 2
+    assert d.close_out(KEY) is Claim.INTERRUPTED  # the lease lapsed: ours to tell, once
+    assert d.close_out(KEY) is Claim.FAILED
+    d.claim("done#req")
+    d.settle("done#req", Status.COMPLETED)
+    assert d.close_out("done#req") is Claim.COMPLETED
+
+
+def test_the_deployment_lease_comes_from_stream_lease_seconds(table):
+    from llmstream.idempotency import deduplicator
+    from llmstream.settings import Settings
+
+    settings = Settings.from_env(
+        {"STREAM_LEASE_SECONDS": "0.3", "IDEMPOTENCY_TABLE": "idempotency"}
+    )
+    d = deduplicator(table, settings)
+    assert d.claim(KEY) is Claim.NEW
+    with d.heartbeat(KEY):  # renews every 0.1 s: a third of the lease
+        leases = set()
+        deadline = time.monotonic() + 5
+        while len(leases) < 3 and time.monotonic() < deadline:
+            item = table.get_item(TableName="idempotency", Key={"id": {"S": KEY}})["Item"]
+            leases.add(item["in_progress_expiration"]["N"])
+            time.sleep(0.02)
+        assert len(leases) >= 3, "the heartbeat renewed a 0.3 s lease at least twice"
+        assert d.claim(KEY) is Claim.IN_PROGRESS
+    deadline = time.monotonic() + 5
+    while d.claim(KEY) is Claim.IN_PROGRESS and time.monotonic() < deadline:
+        time.sleep(0.05)  # nobody renews now: the lease lapses 0.3 s after its last renewal
+    assert d.claim(KEY) is Claim.FAILED  # the claim before this one took it over
 
 
 # --------------------------------------------------------------------------- the stream function

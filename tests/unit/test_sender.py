@@ -298,3 +298,79 @@ def test_text_held_while_throttled_follows_the_retried_frame_in_order():
     assert "".join(texts) == "first " + "".join(f"t{i} " for i in range(20))
     assert [d["seq"] for d in post.deltas()] == list(range(len(texts)))
     assert post.frames[-1]["type"] == "end" and stats.throttled == 2
+
+
+# --------------------------------------------------------------------------- idle probes
+
+
+def test_an_idle_sender_asks_whether_the_client_is_there_and_stops_once_it_is_gone():
+    probes: list[float] = []
+
+    def probe() -> None:
+        probes.append(time.monotonic())
+        if len(probes) == 2:
+            raise ConnectionGone()
+
+    told = threading.Event()
+    post = Recorder()
+    sender = FrameSender(post, "r1", min_interval=0, probe=probe, probe_after=0.05)
+    sender.on_gone(told.set)
+    sender.send(start_frame("r1", "m"))
+    assert told.wait(5), "the probe found the client gone, and said so"
+    assert sender.gone and len(probes) == 2
+    sender.delta("nobody is listening")
+    sender.close()
+    assert [f["type"] for f in post.frames] == ["start"]
+
+
+def test_a_probe_that_cannot_tell_changes_nothing():
+    probes = threading.Semaphore(0)
+
+    def probe() -> None:
+        probes.release()
+        raise PostFailed("the Management API is having a moment")
+
+    post = Recorder()
+    sender = FrameSender(post, "r1", min_interval=0, probe=probe, probe_after=0.02)
+    assert probes.acquire(timeout=5) and probes.acquire(timeout=5)  # it keeps asking
+    sender.delta("still here")
+    sender.close()
+    assert not sender.gone and [d["text"] for d in post.deltas()] == ["still here"]
+
+
+def test_a_callback_registered_after_the_client_left_runs_at_once():
+    post = Recorder(failures={1: ConnectionGone()})
+    sender = FrameSender(post, "r1", min_interval=0)
+    sender.delta("lost")
+    sender.close()
+    called = []
+    sender.on_gone(lambda: called.append(True))
+    assert called == [True]
+
+
+# --------------------------------------------------------------------------- the connection
+
+
+@pytest.mark.parametrize(
+    ("error", "alive"),
+    [
+        (None, True),
+        ("GoneException", False),
+        ("LimitExceededException", True),  # cannot tell: never end an answer on a guess
+        ("InternalServerErrorException", True),
+    ],
+)
+def test_a_connection_is_alive_unless_get_connection_says_it_is_gone(error, alive):
+    from botocore.stub import Stubber
+    from llmstream.management import Connection, management_client
+
+    client = management_client("https://x7k2m9q4pd.execute-api.us-east-1.amazonaws.com/prod")
+    with Stubber(client) as stub:
+        params = {"ConnectionId": "c="}
+        if error is None:
+            stub.add_response("get_connection", {"ConnectedAt": "2024-11-25T16:50:00Z"}, params)
+        else:
+            status = 410 if error == "GoneException" else 500
+            stub.add_client_error("get_connection", error, http_status_code=status)
+        assert Connection(client, "c=").alive() is alive
+        stub.assert_no_pending_responses()

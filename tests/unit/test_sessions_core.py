@@ -91,6 +91,9 @@ class FakeConnection:
         self.throttle_next = 0
         self._lock = threading.Lock()
 
+    def alive(self) -> bool:
+        return not self.left.is_set()
+
     def post(self, data: bytes) -> None:
         with self._lock:
             frame = json.loads(data)
@@ -504,6 +507,34 @@ def test_an_answer_that_is_not_resumable_stops_when_its_client_goes():
     with pytest.raises(ConnectionGone):
         relay.post(delta(1, "t1 "))
     assert relay.texts == []  # nothing kept: nothing can resume it
+
+
+def test_the_idle_probe_of_an_answer_that_is_not_resumable_finds_a_client_gone():
+    a = FakeConnection("a")
+    relay = Relay(a, "r", resumable=False)
+    relay.probe()  # there: nothing happens
+    a.left.set()
+    with pytest.raises(ConnectionGone):
+        relay.probe()
+
+
+def test_the_idle_probe_of_a_resumable_answer_waits_out_the_grace_period_first():
+    clock, a, b = Clock(), FakeConnection("a"), FakeConnection("b")
+    relay = Relay(a, "r", resumable=True, grace=30, clock=clock)
+    a.left.set()
+    relay.probe()  # gone: the grace period starts, for a resume to pick the answer up
+    assert relay.detached
+    clock.now = 29.9
+    relay.probe()
+    relay.switch(b, after_seq=-1)  # resumed: the probe looks at the new connection
+    clock.now = 100
+    relay.probe()
+    b.left.set()
+    relay.probe()  # gone again: a new grace period
+    clock.now = 130
+    with pytest.raises(ConnectionGone):
+        relay.probe()
+    assert relay.abandoned
 
 
 # --------------------------------------------------------------------------- resume, end to end

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, HTTPClientError, ReadTimeoutError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from urllib3.exceptions import ReadTimeoutError as StreamReadTimeoutError
 
-from .llm import RETRYABLE_STATUS, Chunk, ChunkStream, LLMError, LLMTimeout
+from .llm import RETRYABLE_STATUS, Chunk, ChunkStream, LLMError, LLMTimeout, shutdown_socket
 from .protocol import FinishReason
 
 ClientFactory = Callable[[float], Any]
@@ -191,6 +191,13 @@ class _BedrockChunks:
             self._events.close()
         finally:
             self._chunks.close()
+
+    def abort(self) -> None:
+        """From another thread: end a read that waits on a stalled model (urllib3's socket is
+        shut down; the generator itself is closed later, by the thread that runs it)."""
+        connection = getattr(getattr(self._events, "_raw_stream", None), "connection", None)
+        shutdown_socket(getattr(connection, "sock", None))
+        self._events.close()
 
 
 class BedrockProvider:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .envelope import InvalidEnvelope, PromptEnvelope, ResumeEnvelope, parse_message
-from .idempotency import Claim, Deduplicator
+from .idempotency import Claim, deduplicator
 from .management import Connection, ConnectionGone
 from .observability import logger
 from .protocol import ErrorCode, encode, error_frame
@@ -115,10 +115,7 @@ def notify_dead_letter(
     if isinstance(envelope, ResumeEnvelope):
         reason = NOT_RESUMED
     elif dynamodb is not None and settings is not None and settings.idempotency_table:
-        dedupe = Deduplicator(
-            dynamodb, settings.idempotency_table, expires_after=settings.connection_ttl_seconds
-        )
-        claim = dedupe.close_out(envelope.idempotency_key)
+        claim = deduplicator(dynamodb, settings).close_out(envelope.idempotency_key)
         if claim is Claim.IN_PROGRESS:
             logger.info("dead letter: the request is still being streamed", extra=ids)
             raise TryLater("the request is held by a live invocation")

@@ -22,11 +22,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-LEASE_SECONDS = 30
-"""A claim whose lease is this old belongs to an invocation that died. Lambda's first retry of a
-failed invocation comes a minute later, so a retry always finds the lease of a crash expired."""
+from .settings import Settings
 
-RENEW_EVERY_SECONDS = 10
+LEASE_SECONDS = 30
+"""A claim whose lease is this old belongs to an invocation that died (STREAM_LEASE_SECONDS).
+Lambda's first retry of a failed invocation comes a minute later, so a retry always finds the
+lease of a crash expired. The heartbeat renews it three times per lease."""
 
 
 class Status(StrEnum):
@@ -174,10 +175,12 @@ class Deduplicator:
     def heartbeat(
         self,
         key: str,
-        every: float = RENEW_EVERY_SECONDS,
+        every: float | None = None,
         on_error: Callable[[], None] = lambda: None,
     ) -> Iterator[None]:
-        """Renew the lease in the background for as long as the block runs."""
+        """Renew the lease in the background for as long as the block runs (by default three
+        times per lease, so that one missed renewal is survived)."""
+        every = self._lease / 3 if every is None else every
         stop = threading.Event()
 
         def renew_until_stopped() -> None:
@@ -194,3 +197,13 @@ class Deduplicator:
         finally:
             stop.set()
             thread.join()
+
+
+def deduplicator(dynamodb: Any, settings: Settings) -> Deduplicator:
+    """The deployment's deduplicator: its table, its record lifetime, its lease."""
+    return Deduplicator(
+        dynamodb,
+        settings.idempotency_table,
+        expires_after=settings.connection_ttl_seconds,
+        lease=settings.stream_lease_seconds,
+    )

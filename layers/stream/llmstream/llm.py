@@ -1,11 +1,13 @@
 """LLM providers behind one small streaming interface; the OpenAI-compatible one is here.
 
 A provider turns messages into an iterator of Chunks that can be closed early (which closes the
-HTTP stream). Failures become LLMError / LLMTimeout so the caller never sees a vendor exception.
+HTTP stream), and, where the provider can, aborted from another thread while a read waits on a
+stalled model. Failures become LLMError / LLMTimeout so the caller never sees a vendor exception.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +41,8 @@ class ChunkStream(Protocol):
     def __iter__(self) -> Iterator[Chunk]: ...
 
     def close(self) -> None: ...
+
+    # Optional: ``abort()``, callable from another thread, ends a read blocked on the model.
 
 
 class Provider(Protocol):
@@ -102,6 +106,24 @@ class _OpenAIChunks:
 
     def close(self) -> None:
         self._stream.close()
+
+    def abort(self) -> None:
+        """From another thread: end the stream now. Closing alone leaves a read that waits on a
+        stalled model blocked until it times out; shutting the socket down wakes it at once."""
+        response = getattr(self._stream, "response", None)
+        network = getattr(response, "extensions", {}).get("network_stream")
+        shutdown_socket(network.get_extra_info("socket") if network is not None else None)
+        self.close()
+
+
+def shutdown_socket(sock: Any) -> None:
+    """Best effort: end a socket's reads and writes in every thread that is blocked on it."""
+    if sock is None:
+        return
+    import socket
+
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _safe_message(exc: Exception) -> str:

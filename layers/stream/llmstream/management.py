@@ -54,6 +54,17 @@ class Connection:
         except BotoCoreError as exc:
             raise PostFailed(type(exc).__name__) from None
 
+    def alive(self) -> bool:
+        """Whether the client is still connected (GetConnection); True when that cannot be
+        told, so that a failed check never ends an answer."""
+        try:
+            self._client.get_connection(ConnectionId=self.connection_id)
+            return True
+        except ClientError as exc:
+            return not isinstance(_classify(exc), ConnectionGone)
+        except BotoCoreError:
+            return True
+
     def close(self) -> bool:
         """Close the connection; False when it was already gone."""
         try:

@@ -20,6 +20,7 @@ from .control import LEASE_SECONDS, RENEW_EVERY_SECONDS, ControlState, RequestCo
 from .management import Connection, ConnectionGone, PostFailed, Throttled
 from .observability import logger
 from .protocol import delta_frame, encode
+from .streaming import Cancellation
 
 THROTTLE_BUDGET_SECONDS = 10.0
 MAX_POST_ATTEMPTS = 3
@@ -122,6 +123,21 @@ class Relay:
             elif kind in ("end", "error"):
                 self._final_delivered = True
 
+    def probe(self) -> None:
+        """The sender's idle check, as ``post`` would find it: raises ConnectionGone when the
+        client left (for a resumable answer: once its grace period is over)."""
+        with self._lock:
+            if self._detached_at is None:
+                if self.current.alive():
+                    return
+                if not self.resumable:
+                    raise ConnectionGone("the client left")
+                logger.info("the client left a resumable answer: waiting for a resume")
+                self._detached_at = self._clock()
+            if self._clock() - self._detached_at >= self._grace:
+                self.abandoned = True
+                raise ConnectionGone("nobody resumed the answer")
+
     def switch(self, conn: Connection, after_seq: int) -> None:
         """Move the answer to ``conn``: replay the deltas after ``after_seq`` (and the last frame,
         if the answer is over), then go on live there. The sender waits meanwhile."""
@@ -160,7 +176,7 @@ class Watcher:
         *,
         attach: int,
         interval: float,
-        cancelled: threading.Event,
+        cancelled: Cancellation | threading.Event,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.control = control

@@ -23,6 +23,10 @@ from .settings import WEBSOCKET_FRAME_LIMIT
 
 Post = Callable[[bytes], None]
 
+IDLE_PROBE_SECONDS = 5.0
+"""After this long with nothing to send (the model is thinking, or stalled), ask whether the
+client is still there: a post would have told, but there is nothing to post."""
+
 
 @dataclass
 class SendStats:
@@ -67,7 +71,11 @@ class FrameSender:
         throttle_budget: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        probe: Callable[[], None] | None = None,
+        probe_after: float = IDLE_PROBE_SECONDS,
     ) -> None:
+        """``probe`` raises ConnectionGone when the client has left; it is called after
+        ``probe_after`` seconds without a post, and again after each such spell."""
         self._post = post
         self.request_id = request_id
         self._min_interval = min_interval
@@ -82,6 +90,10 @@ class FrameSender:
         self._seq = 0
         self._last_delta_start: float | None = None
         self._gone = threading.Event()
+        self._on_gone: Callable[[], None] | None = None
+        self._probe = probe
+        self._probe_after = probe_after
+        self._last_activity = clock()
         self._failed = threading.Event()
         self.stats = SendStats()
         self._worker = threading.Thread(target=self._run, name=f"sender-{request_id}", daemon=True)
@@ -93,6 +105,15 @@ class FrameSender:
     def gone(self) -> bool:
         """The client disconnected; stop producing."""
         return self._gone.is_set()
+
+    def on_gone(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (on the sender's thread) when the client is found gone, at once if
+        it is already; None unregisters. The stream aborts a stalled model's read with it."""
+        with self._cond:
+            self._on_gone = callback
+            already = self._gone.is_set()
+        if already and callback is not None:
+            callback()
 
     @property
     def failed(self) -> bool:
@@ -135,6 +156,11 @@ class FrameSender:
             if work is None:
                 return
             kind, payload = work
+            if kind == "probe":
+                if not self._check_alive():
+                    self._abandon()
+                    return
+                continue
             if kind == "frame":
                 if not self._deliver(encode(payload)):
                     self._abandon()
@@ -165,7 +191,11 @@ class FrameSender:
                 if not self._queue:
                     if self._closing:
                         return None
-                    self._cond.wait()
+                    due = self._probe_due_in()
+                    if due is not None and due <= 0:
+                        self._last_activity = self._clock()
+                        return "probe", None
+                    self._cond.wait(due)
                     continue
                 kind, _ = self._queue[0]
                 if kind == "frame":
@@ -178,6 +208,32 @@ class FrameSender:
                 while self._queue and self._queue[0][0] == "text":
                     text.append(self._queue.popleft()[1])
                 return "text", "".join(text)
+
+    def _probe_due_in(self) -> float | None:
+        """Seconds until the idle connection is due a probe; None when it never is."""
+        if self._probe is None or self._gone.is_set():
+            return None
+        return self._last_activity + self._probe_after - self._clock()
+
+    def _check_alive(self) -> bool:
+        """False when the probe found the client gone (the stream stops, as after a post)."""
+        assert self._probe is not None
+        try:
+            self._probe()
+        except ConnectionGone:
+            self._mark_gone()
+            return False
+        except Exception:  # unknown: the next post, or the next probe, will tell
+            pass
+        return True
+
+    def _mark_gone(self) -> None:
+        with self._cond:
+            self._gone.set()
+            callback = self._on_gone
+        if callback is not None:
+            with contextlib.suppress(Exception):
+                callback()
 
     def _only_text_queued(self) -> bool:
         return all(kind == "text" for kind, _ in self._queue)
@@ -197,9 +253,10 @@ class FrameSender:
                 self._post(data)
                 self.stats.frames += 1
                 self.stats.bytes += len(data)
+                self._last_activity = self._clock()
                 return True
             except ConnectionGone:
-                self._gone.set()
+                self._mark_gone()
                 return False
             except Throttled:
                 self.stats.throttled += 1

@@ -53,6 +53,10 @@ class Settings:
     frames_table: str = ""
     failed_queue_url: str = ""
     """Where the dead-letter function keeps the prompts it drained from the dead-letter queue."""
+    stream_lease_seconds: float = 30.0
+    """How long a streaming invocation's claim outlives its last renewal: a crash is known for
+    one that old. Under a minute, Lambda's first retry delay (tests and the local stack set
+    it lower)."""
 
     # LLM
     llm_provider: str = "openai"
@@ -119,6 +123,7 @@ class Settings:
             conversations_table=env.get("CONVERSATIONS_TABLE", d.conversations_table),
             frames_table=env.get("FRAMES_TABLE", d.frames_table),
             failed_queue_url=env.get("FAILED_QUEUE_URL", d.failed_queue_url),
+            stream_lease_seconds=float(env.get("STREAM_LEASE_SECONDS", d.stream_lease_seconds)),
             llm_provider=env.get("LLM_PROVIDER", d.llm_provider) or d.llm_provider,
             llm_model=env.get("LLM_MODEL", d.llm_model) or d.llm_model,
             allowed_models=_csv(env.get("ALLOWED_MODELS")),

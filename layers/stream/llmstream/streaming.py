@@ -6,8 +6,10 @@ without AWS. The result says what happened; the handler turns it into logs and m
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .envelope import PromptEnvelope
@@ -51,6 +53,55 @@ class StreamResult:
         return None if self.first_token_at is None else self.first_token_at - self.started_at
 
 
+class Cancellation:
+    """A client's cancel, set from another thread (the watcher) and asked by the stream.
+
+    Setting it while the stream waits on a model that sends nothing also aborts the model's
+    stream, so the blocked read ends at once rather than at the stall timeout. Callable, like
+    the plain ``cancelled`` predicate ``stream_answer`` takes.
+    """
+
+    def __init__(self) -> None:
+        self._set = threading.Event()
+        self._lock = threading.Lock()
+        self._abort: Callable[[], None] | None = None
+        self.aborted = False
+        """The model's stream was aborted: whatever it raised, the answer was cancelled."""
+
+    def __call__(self) -> bool:
+        return self._set.is_set()
+
+    def is_set(self) -> bool:
+        return self._set.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._set.set()
+            abort, self._abort = self._abort, None
+            self.aborted = self.aborted or abort is not None
+        if abort is not None:
+            _abort_quietly(abort)
+
+    @contextlib.contextmanager
+    def holding(self, abort: Callable[[], None]) -> Iterator[None]:
+        """While the block runs, a ``set()`` calls ``abort`` (once)."""
+        with self._lock:
+            if not self._set.is_set():
+                self._abort = abort
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._abort = None
+
+
+def _abort_quietly(abort: Callable[[], None]) -> None:
+    try:
+        abort()
+    except Exception:  # the stream may be closing on its own; the cancel stands
+        logger.info("could not abort the model's stream")
+
+
 @dataclass(frozen=True)
 class StreamLimits:
     read_timeout: float = 30.0
@@ -92,7 +143,9 @@ def stream_answer(
 
     ``cancelled`` is asked before the model is called and before each chunk is passed on; once
     it says yes the model's stream is closed and ``end`` (``cancelled``) follows the text already
-    handed to the sender, so at most the one frame being assembled precedes it.
+    handed to the sender, so at most the one frame being assembled precedes it. A
+    ``Cancellation`` also aborts the model's stream when it is set while a read waits on the
+    model (where the provider can: ``abort()``), so that a stalled model ends at once.
     ``before_end(outcome, text)`` runs just before ``end`` is queued (completed or cancelled),
     with the whole text of the answer: history is stored there, ahead of the client's next turn.
     """
@@ -133,46 +186,46 @@ def stream_answer(
             ),
             budget=budget,
         )
-        for chunk in stream:
-            if cancelled():
-                raise _Cancelled
-            if sender.gone:
-                outcome = Outcome.GONE
-                break
-            if sender.failed:
-                outcome = Outcome.DELIVERY_FAILED
-                break
-            if chunk.text:
-                if first_token_at is None:
-                    first_token_at = clock()
-                sender.delta(chunk.text)
-                if kept is not None:
-                    kept.append(chunk.text)
-            finish_reason = chunk.finish_reason or finish_reason
-            input_tokens = chunk.input_tokens if chunk.input_tokens is not None else input_tokens
-            output_tokens = (
-                chunk.output_tokens if chunk.output_tokens is not None else output_tokens
-            )
-            if remaining_time() < limits.deadline_margin:
-                outcome = fail(
-                    ErrorCode.TIMEOUT,
-                    "the answer was cut short: the function's time limit is near",
-                    Outcome.TIMEOUT,
-                )
-                break
+        abort = getattr(stream, "abort", None)
+        with _aborted_on_cancel_or_gone(abort, cancelled, sender):
+            for chunk in stream:
+                if cancelled():
+                    raise _Cancelled
+                if sender.gone:
+                    outcome = Outcome.GONE
+                    break
+                if sender.failed:
+                    outcome = Outcome.DELIVERY_FAILED
+                    break
+                if chunk.text:
+                    if first_token_at is None:
+                        first_token_at = clock()
+                    sender.delta(chunk.text)
+                    if kept is not None:
+                        kept.append(chunk.text)
+                finish_reason = chunk.finish_reason or finish_reason
+                if chunk.input_tokens is not None:
+                    input_tokens = chunk.input_tokens
+                if chunk.output_tokens is not None:
+                    output_tokens = chunk.output_tokens
+                if remaining_time() < limits.deadline_margin:
+                    outcome = fail(
+                        ErrorCode.TIMEOUT,
+                        "the answer was cut short: the function's time limit is near",
+                        Outcome.TIMEOUT,
+                    )
+                    break
+        if outcome == Outcome.COMPLETED and _aborted(cancelled):
+            raise _Cancelled  # the stream ended because it was aborted, not because it was done
     except _Cancelled:
         outcome = Outcome.CANCELLED
-    except LLMTimeout as exc:
-        outcome = fail(ErrorCode.TIMEOUT, exc.message, Outcome.TIMEOUT)
-    except LLMError as exc:
-        outcome = fail(ErrorCode.LLM_ERROR, exc.message, Outcome.LLM_ERROR)
-    except Exception:  # a bug or an outage of ours: still a frame in order, never a silent hang
-        logger.exception("the stream failed")
-        outcome = fail(
-            ErrorCode.INTERNAL,
-            "the answer failed on our side; send the prompt again",
-            Outcome.FAILED,
-        )
+    except Exception as exc:  # after an abort, whatever the read raised is the abort's reason
+        if _aborted(cancelled):
+            outcome = Outcome.CANCELLED
+        elif sender.gone:
+            outcome = Outcome.GONE
+        else:
+            outcome = _failed(exc, fail)
     finally:
         if stream is not None:
             _close_quietly(stream)
@@ -208,6 +261,45 @@ def stream_answer(
 
 class _Cancelled(Exception):
     """The client cancelled the answer."""
+
+
+@contextlib.contextmanager
+def _aborted_on_cancel_or_gone(
+    abort: Callable[[], None] | None, cancelled: Callable[[], bool], sender: FrameSender
+) -> Iterator[None]:
+    """While the model streams, a cancel or a client found gone aborts its stream: a read that
+    waits on a model sending nothing would otherwise wait out the stall timeout."""
+    if abort is None:  # a provider that cannot abort: noticed at the next chunk, as before
+        yield
+        return
+    holding = (
+        cancelled.holding(abort)
+        if isinstance(cancelled, Cancellation)
+        else contextlib.nullcontext()
+    )
+    sender.on_gone(abort)
+    try:
+        with holding:
+            yield
+    finally:
+        sender.on_gone(None)
+
+
+def _aborted(cancelled: Callable[[], bool]) -> bool:
+    return isinstance(cancelled, Cancellation) and cancelled.aborted
+
+
+def _failed(exc: Exception, fail: Callable[[ErrorCode, str, str], str]) -> str:
+    """The error frame and outcome of a stream that failed: the model's fault, or ours."""
+    if isinstance(exc, LLMTimeout):
+        return fail(ErrorCode.TIMEOUT, exc.message, Outcome.TIMEOUT)
+    if isinstance(exc, LLMError):
+        return fail(ErrorCode.LLM_ERROR, exc.message, Outcome.LLM_ERROR)
+    # A bug or an outage of ours: still a frame in order, never a silent hang.
+    logger.error("the stream failed", exc_info=exc)
+    return fail(
+        ErrorCode.INTERNAL, "the answer failed on our side; send the prompt again", Outcome.FAILED
+    )
 
 
 def _close_quietly(stream: ChunkStream) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from .control import ControlState, RequestControl, Status, Target, owner_key
 from .envelope import InvalidEnvelope, PromptEnvelope, ResumeEnvelope, parse_message
 from .history import Conversations, History
-from .idempotency import Claim, Deduplicator
+from .idempotency import Claim, Deduplicator, deduplicator
 from .idempotency import Status as ClaimStatus
 from .llm import Provider
 from .management import Connection
@@ -31,7 +30,7 @@ from .ratelimit import release_stream
 from .relay import Relay, Watcher, post_with_retry
 from .sender import FrameSender
 from .settings import Settings
-from .streaming import Outcome, StreamLimits, StreamResult, stream_answer
+from .streaming import Cancellation, Outcome, StreamLimits, StreamResult, stream_answer
 
 DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 STAGE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -87,9 +86,7 @@ def run_prompt(
             return None
         return answer.run_and_release()
 
-    dedupe = Deduplicator(
-        dynamodb, settings.idempotency_table, expires_after=settings.connection_ttl_seconds
-    )
+    dedupe = deduplicator(dynamodb, settings)
     key = envelope.idempotency_key
     try:
         claim = dedupe.claim(key)
@@ -181,7 +178,7 @@ class _Answer:
         self.remaining_time = remaining_time
         self.dynamodb = dynamodb
         self._released = False
-        self.cancelled = threading.Event()
+        self.cancelled = Cancellation()
         self.key = owner_key(envelope.principal_id, envelope.request_id)
         self.control = (
             RequestControl(dynamodb, settings.frames_table)
@@ -255,6 +252,7 @@ class _Answer:
             envelope.request_id,
             min_interval=settings.min_frame_interval,
             max_frame_bytes=settings.max_frame_bytes,
+            probe=relay.probe,
         )
 
         def remember_turn(outcome: str, text: str) -> None:
@@ -294,7 +292,7 @@ class _Answer:
                 remaining_time=self.remaining_time,
                 keep_text=settings.log_content,
                 on_finish=self.release,
-                cancelled=self.cancelled.is_set,
+                cancelled=self.cancelled,
                 before_end=remember_turn if conversations is not None else None,
             )
         if settings.log_content:
