@@ -18,7 +18,8 @@ from llmstream.envelope import PromptEnvelope
 from llmstream.llm import Chunk
 from llmstream.protocol import Cancel, ErrorCode, Limits, ProtocolError, parse_client_message
 from llmstream.sender import FrameSender
-from llmstream.streaming import Cancellation, Outcome, StreamLimits, stream_answer
+from llmstream.signals import Signal
+from llmstream.streaming import Outcome, StreamLimits, stream_answer
 from moto import mock_aws
 
 from tests.conftest import load_event, load_handler
@@ -163,7 +164,7 @@ def test_a_cancel_while_the_model_stalls_ends_the_answer_at_once_not_at_the_stal
     )
     posted: list[dict[str, Any]] = []
     sender = FrameSender(lambda data: posted.append(json.loads(data)), "r", min_interval=0)
-    cancellation = Cancellation()
+    cancellation = Signal()
 
     def cancel_once_stalled() -> None:
         while sender.stats.deltas < 2:
@@ -177,7 +178,7 @@ def test_a_cancel_while_the_model_stalls_ends_the_answer_at_once_not_at_the_stal
         envelope, provider, sender, cancelled=cancellation, limits=StreamLimits(read_timeout=20)
     )
 
-    assert result.outcome == Outcome.CANCELLED and cancellation.aborted
+    assert result.outcome == Outcome.CANCELLED and cancellation.acted
     assert [f["type"] for f in posted] == ["start", *["delta"] * (len(posted) - 2), "end"]
     assert "".join(f["text"] for f in posted if f["type"] == "delta") == "t0 t1 "
     assert posted[-1]["finishReason"] == "cancelled"
@@ -225,13 +226,28 @@ def test_a_client_that_leaves_while_the_model_stalls_ends_the_stream_at_once(sta
         assert mock.wait_for(lambda: mock.requests[0].client_closed, timeout=5)
 
 
+def test_a_signal_raised_before_its_action_is_held_still_runs_it_once():
+    # A cancel seen between the model's call and the first read of its stream: the read
+    # must not wait on a silent model for want of an abort.
+    signal, runs = Signal(), []
+    signal.set()
+    with signal.on_set(lambda: runs.append("abort")):
+        signal.set()
+    assert runs == ["abort"] and signal.acted
+    later = Signal()
+    with later.on_set(lambda: runs.append("later")):
+        pass
+    later.set()  # the block is over: nothing is held any more
+    assert runs == ["abort"] and not later.acted
+
+
 def test_a_cancel_that_comes_after_the_answer_changes_nothing():
     posted: list[dict[str, Any]] = []
-    cancellation = Cancellation()
+    cancellation = Signal()
     sender = FrameSender(lambda data: posted.append(json.loads(data)), "r", min_interval=0)
     result = stream_answer(ENVELOPE, ScriptedModel(3), sender, cancelled=cancellation)
     cancellation.set()
-    assert result.outcome == Outcome.COMPLETED and not cancellation.aborted
+    assert result.outcome == Outcome.COMPLETED and not cancellation.acted
     assert posted[-1]["type"] == "end" and posted[-1]["finishReason"] == "stop"
 
 

@@ -314,9 +314,9 @@ def test_an_idle_sender_asks_whether_the_client_is_there_and_stops_once_it_is_go
     told = threading.Event()
     post = Recorder()
     sender = FrameSender(post, "r1", min_interval=0, probe=probe, probe_after=0.05)
-    sender.on_gone(told.set)
-    sender.send(start_frame("r1", "m"))
-    assert told.wait(5), "the probe found the client gone, and said so"
+    with sender.on_gone(told.set):
+        sender.send(start_frame("r1", "m"))
+        assert told.wait(5), "the probe found the client gone, and said so"
     assert sender.gone and len(probes) == 2
     sender.delta("nobody is listening")
     sender.close()
@@ -344,8 +344,8 @@ def test_a_callback_registered_after_the_client_left_runs_at_once():
     sender.delta("lost")
     sender.close()
     called = []
-    sender.on_gone(lambda: called.append(True))
-    assert called == [True]
+    with sender.on_gone(lambda: called.append(True)):
+        assert called == [True]
 
 
 # --------------------------------------------------------------------------- the connection

@@ -20,7 +20,7 @@ from .control import LEASE_SECONDS, RENEW_EVERY_SECONDS, ControlState, RequestCo
 from .management import Connection, ConnectionGone, PostFailed, Throttled
 from .observability import logger
 from .protocol import delta_frame, encode
-from .streaming import Cancellation
+from .signals import Signal
 
 THROTTLE_BUDGET_SECONDS = 10.0
 MAX_POST_ATTEMPTS = 3
@@ -176,7 +176,7 @@ class Watcher:
         *,
         attach: int,
         interval: float,
-        cancelled: Cancellation | threading.Event,
+        cancelled: Signal,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.control = control

@@ -20,6 +20,7 @@ from typing import Any
 from .management import ConnectionGone, PostFailed, Throttled
 from .protocol import ErrorCode, delta_frame, encode, error_frame
 from .settings import WEBSOCKET_FRAME_LIMIT
+from .signals import Signal
 
 Post = Callable[[bytes], None]
 
@@ -89,8 +90,7 @@ class FrameSender:
         self._closing = False
         self._seq = 0
         self._last_delta_start: float | None = None
-        self._gone = threading.Event()
-        self._on_gone: Callable[[], None] | None = None
+        self._gone = Signal()
         self._probe = probe
         self._probe_after = probe_after
         self._last_activity = clock()
@@ -106,14 +106,10 @@ class FrameSender:
         """The client disconnected; stop producing."""
         return self._gone.is_set()
 
-    def on_gone(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` (on the sender's thread) when the client is found gone, at once if
-        it is already; None unregisters. The stream aborts a stalled model's read with it."""
-        with self._cond:
-            self._on_gone = callback
-            already = self._gone.is_set()
-        if already and callback is not None:
-            callback()
+    def on_gone(self, action: Callable[[], None]) -> contextlib.AbstractContextManager[None]:
+        """While the block runs, finding the client gone runs ``action`` (on the sender's
+        thread; at once if it is gone already). The stream aborts a stalled model's read."""
+        return self._gone.on_set(action)
 
     @property
     def failed(self) -> bool:
@@ -221,19 +217,11 @@ class FrameSender:
         try:
             self._probe()
         except ConnectionGone:
-            self._mark_gone()
+            self._gone.set()
             return False
         except Exception:  # unknown: the next post, or the next probe, will tell
             pass
         return True
-
-    def _mark_gone(self) -> None:
-        with self._cond:
-            self._gone.set()
-            callback = self._on_gone
-        if callback is not None:
-            with contextlib.suppress(Exception):
-                callback()
 
     def _only_text_queued(self) -> bool:
         return all(kind == "text" for kind, _ in self._queue)
@@ -256,7 +244,7 @@ class FrameSender:
                 self._last_activity = self._clock()
                 return True
             except ConnectionGone:
-                self._mark_gone()
+                self._gone.set()
                 return False
             except Throttled:
                 self.stats.throttled += 1

@@ -7,7 +7,6 @@ without AWS. The result says what happened; the handler turns it into logs and m
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from .llm import ChunkStream, LLMError, LLMTimeout, Provider, retry_before_first
 from .observability import logger
 from .protocol import ErrorCode, FinishReason, end_frame, error_frame, start_frame
 from .sender import FrameSender, SendStats
+from .signals import Signal
 
 
 class Outcome:
@@ -51,55 +51,6 @@ class StreamResult:
     @property
     def time_to_first_token(self) -> float | None:
         return None if self.first_token_at is None else self.first_token_at - self.started_at
-
-
-class Cancellation:
-    """A client's cancel, set from another thread (the watcher) and asked by the stream.
-
-    Setting it while the stream waits on a model that sends nothing also aborts the model's
-    stream, so the blocked read ends at once rather than at the stall timeout. Callable, like
-    the plain ``cancelled`` predicate ``stream_answer`` takes.
-    """
-
-    def __init__(self) -> None:
-        self._set = threading.Event()
-        self._lock = threading.Lock()
-        self._abort: Callable[[], None] | None = None
-        self.aborted = False
-        """The model's stream was aborted: whatever it raised, the answer was cancelled."""
-
-    def __call__(self) -> bool:
-        return self._set.is_set()
-
-    def is_set(self) -> bool:
-        return self._set.is_set()
-
-    def set(self) -> None:
-        with self._lock:
-            self._set.set()
-            abort, self._abort = self._abort, None
-            self.aborted = self.aborted or abort is not None
-        if abort is not None:
-            _abort_quietly(abort)
-
-    @contextlib.contextmanager
-    def holding(self, abort: Callable[[], None]) -> Iterator[None]:
-        """While the block runs, a ``set()`` calls ``abort`` (once)."""
-        with self._lock:
-            if not self._set.is_set():
-                self._abort = abort
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._abort = None
-
-
-def _abort_quietly(abort: Callable[[], None]) -> None:
-    try:
-        abort()
-    except Exception:  # the stream may be closing on its own; the cancel stands
-        logger.info("could not abort the model's stream")
 
 
 @dataclass(frozen=True)
@@ -143,9 +94,9 @@ def stream_answer(
 
     ``cancelled`` is asked before the model is called and before each chunk is passed on; once
     it says yes the model's stream is closed and ``end`` (``cancelled``) follows the text already
-    handed to the sender, so at most the one frame being assembled precedes it. A
-    ``Cancellation`` also aborts the model's stream when it is set while a read waits on the
-    model (where the provider can: ``abort()``), so that a stalled model ends at once.
+    handed to the sender, so at most the one frame being assembled precedes it. A ``Signal``
+    also aborts the model's stream when it is raised while a read waits on the model (where
+    the provider can: ``abort()``), as a client found gone does, so a stalled model ends at once.
     ``before_end(outcome, text)`` runs just before ``end`` is queued (completed or cancelled),
     with the whole text of the answer: history is stored there, ahead of the client's next turn.
     """
@@ -272,21 +223,15 @@ def _aborted_on_cancel_or_gone(
     if abort is None:  # a provider that cannot abort: noticed at the next chunk, as before
         yield
         return
-    holding = (
-        cancelled.holding(abort)
-        if isinstance(cancelled, Cancellation)
-        else contextlib.nullcontext()
+    on_cancel = (
+        cancelled.on_set(abort) if isinstance(cancelled, Signal) else contextlib.nullcontext()
     )
-    sender.on_gone(abort)
-    try:
-        with holding:
-            yield
-    finally:
-        sender.on_gone(None)
+    with on_cancel, sender.on_gone(abort):
+        yield
 
 
 def _aborted(cancelled: Callable[[], bool]) -> bool:
-    return isinstance(cancelled, Cancellation) and cancelled.aborted
+    return isinstance(cancelled, Signal) and cancelled.acted
 
 
 def _failed(exc: Exception, fail: Callable[[ErrorCode, str, str], str]) -> str:

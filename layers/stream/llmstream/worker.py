@@ -30,7 +30,8 @@ from .ratelimit import release_stream
 from .relay import Relay, Watcher, post_with_retry
 from .sender import FrameSender
 from .settings import Settings
-from .streaming import Cancellation, Outcome, StreamLimits, StreamResult, stream_answer
+from .signals import Signal
+from .streaming import Outcome, StreamLimits, StreamResult, stream_answer
 
 DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 STAGE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -178,7 +179,7 @@ class _Answer:
         self.remaining_time = remaining_time
         self.dynamodb = dynamodb
         self._released = False
-        self.cancelled = Cancellation()
+        self.cancelled = Signal()
         self.key = owner_key(envelope.principal_id, envelope.request_id)
         self.control = (
             RequestControl(dynamodb, settings.frames_table)
