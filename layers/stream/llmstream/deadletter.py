@@ -13,11 +13,16 @@ Such a request's record is still in progress with a lapsed lease: this module ta
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
-from .envelope import InvalidEnvelope, PromptEnvelope, ResumeEnvelope, parse_message
+from .envelope import (
+    InvalidEnvelope,
+    PromptEnvelope,
+    ResumeEnvelope,
+    json_object,
+    parse_message,
+)
 from .idempotency import Claim, deduplicator
 from .management import Connection, ConnectionGone
 from .observability import logger
@@ -45,12 +50,9 @@ def _object(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
-        doc = json.loads(raw)
-    except (TypeError, ValueError, RecursionError):
-        raise _Unreadable("not JSON") from None
-    if not isinstance(doc, dict):
-        raise _Unreadable("not a JSON object")
-    return doc
+        return json_object(raw)
+    except InvalidEnvelope as exc:
+        raise _Unreadable(str(exc)) from None
 
 
 def _read(body: str) -> tuple[PromptEnvelope | ResumeEnvelope, bool]:

@@ -95,7 +95,7 @@ def _field(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = Fal
 
 def parse_envelope(raw: str) -> PromptEnvelope:
     """Parse and check a prompt message body; raise InvalidEnvelope without echoing content."""
-    doc = _json_object(raw)
+    doc = json_object(raw)
     if doc.get("kind") is not None:
         raise InvalidEnvelope("not a prompt")
     version = doc.get("version")
@@ -180,7 +180,8 @@ class ResumeEnvelope:
         }
 
 
-def _json_object(raw: str) -> dict[str, Any]:
+def json_object(raw: str) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object, or InvalidEnvelope saying which it is not."""
     try:
         doc = json.loads(raw)
     except (TypeError, ValueError, RecursionError):
@@ -218,7 +219,7 @@ def _parse_resume(doc: Mapping[str, Any]) -> ResumeEnvelope:
 
 def parse_message(raw: str) -> PromptEnvelope | ResumeEnvelope:
     """Parse any stream message: a prompt, or a resume; raise InvalidEnvelope otherwise."""
-    doc = _json_object(raw)
+    doc = json_object(raw)
     kind = doc.get("kind")
     if kind == RESUME_KIND:
         return _parse_resume(doc)
