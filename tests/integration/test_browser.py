@@ -20,7 +20,8 @@ from urllib.parse import quote
 
 import pytest
 
-from devstack.stack import LocalStack, StackConfig
+from devstack.stack import LocalStack
+from tests.integration.conftest import running_stack
 
 pytestmark = pytest.mark.browser
 
@@ -76,16 +77,7 @@ def tokens(n: int) -> str:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
     """The local stack of conftest.py, with a second model that clients may choose."""
-    config = StackConfig(
-        ws_port=0,
-        http_port=0,
-        llm_base_url="",
-        llm_model="gpt-4o-mini",
-        auth_mode="none",
-        env={"ALLOWED_MODELS": "gpt-4o-mini,gpt-4o"},
-    )
-    with LocalStack(config) as running:
-        yield running
+    yield from running_stack(env={"ALLOWED_MODELS": "gpt-4o-mini,gpt-4o"})
 
 
 @pytest.fixture(scope="module")

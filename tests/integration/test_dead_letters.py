@@ -15,7 +15,9 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from devstack.stack import LocalStack, StackConfig
+from devstack.stack import LocalStack
+from tests.integration.conftest import running_stack
+from tests.integration.test_local_stack import converse, llm_request, run, send_message
 
 pytestmark = pytest.mark.integration
 
@@ -24,18 +26,11 @@ LEASE_SECONDS = 2
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    config = StackConfig(
-        ws_port=0,
-        http_port=0,
-        llm_base_url="",
-        llm_model="gpt-4o-mini",
-        auth_mode="none",
+    yield from running_stack(
         async_retries={"stream": 0},
         dead_letter_visibility=1,
         env={"STREAM_LEASE_SECONDS": str(LEASE_SECONDS), "MIN_FRAME_INTERVAL_MS": "0"},
     )
-    with LocalStack(config) as running:
-        yield running
 
 
 def killed_mid_answer(stack: LocalStack, request_id: str) -> tuple[list[dict[str, Any]], float]:
@@ -46,10 +41,8 @@ def killed_mid_answer(stack: LocalStack, request_id: str) -> tuple[list[dict[str
         frames: list[dict[str, Any]] = []
         killed_at = 0.0
         async with websockets.connect(stack.ws_url, open_timeout=60) as ws:
-            prompt = "#mock tokens=400 rate=20 first_token_delay=0\nkill me"
-            await ws.send(
-                json.dumps({"action": "sendMessage", "requestId": request_id, "prompt": prompt})
-            )
+            prompt = f"#mock tokens=400 rate=20 first_token_delay=0\nkill me {request_id}"
+            await ws.send(send_message(prompt, request_id))
             try:
                 async with asyncio.timeout(60):
                     async for raw in ws:
@@ -118,28 +111,7 @@ def test_a_stream_killed_with_no_retry_left_still_gets_its_client_an_error_frame
     assert request_id in record["requestPayload"]["Records"][0]["Sns"]["Message"]
 
     # The model's stream died with the container; the connection's stream slot is free again.
-    assert stack.mock_llm.wait_for(
-        lambda: any(
-            "kill me" in json.dumps(r.body) and r.client_closed for r in stack.mock_llm.requests
-        ),
-        timeout=10,
-    )
-    again = killed_and_not(stack)
-    assert again[-1]["type"] == "end"
-
-
-def killed_and_not(stack: LocalStack) -> list[dict[str, Any]]:
-    """A fresh prompt on a fresh connection, answered in full."""
-
-    async def ask() -> list[dict[str, Any]]:
-        frames = []
-        async with websockets.connect(stack.ws_url, open_timeout=60) as ws:
-            await ws.send(json.dumps({"action": "sendMessage", "prompt": "#mock tokens=3 rate=0"}))
-            try:
-                async for raw in ws:
-                    frames.append(json.loads(raw))
-            except ConnectionClosed:
-                pass
-        return frames
-
-    return asyncio.run(ask())
+    record = llm_request(stack, f"kill me {request_id}")
+    assert stack.mock_llm.wait_for(lambda: record.client_closed, timeout=10)
+    again = run(converse(stack.ws_url, send_message("#mock tokens=3 rate=0")))
+    assert again.frames[-1]["type"] == "end"

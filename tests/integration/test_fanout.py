@@ -15,7 +15,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from devstack.stack import BEDROCK_MODEL_ID, LocalStack, StackConfig
+from devstack.stack import BEDROCK_MODEL_ID, LocalStack
+from tests.integration.conftest import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +25,7 @@ OPENAI_MODEL = "gpt-4o-mini"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    config = StackConfig(
-        ws_port=0,
-        http_port=0,
-        llm_base_url="",
-        llm_model=OPENAI_MODEL,
-        auth_mode="none",
-        bedrock_fanout=True,
-    )
-    with LocalStack(config) as running:
-        yield running
+    yield from running_stack(llm_model=OPENAI_MODEL, bedrock_fanout=True)
 
 
 def tokens(n: int) -> str:

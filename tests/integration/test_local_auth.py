@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from devstack.stack import LocalStack, StackConfig
+from devstack.stack import LocalStack
 from tests.integration.test_local_stack import converse, run, send_message, tokens
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def hmac_stack() -> Iterator[LocalStack]:
-    config = StackConfig(ws_port=0, http_port=0, llm_base_url="", auth_mode="hmac")
-    with LocalStack(config) as running:
-        yield running
 
 
 @pytest.mark.parametrize("query", ["", "?token=", "?token=not-a-token", "?token=a.b"])

@@ -55,6 +55,20 @@ async def converse(url: str, message: str) -> Conversation:
         return Conversation(frames, ws.close_code)
 
 
+def llm_request(stack: LocalStack, marker: str, timeout: float = 20) -> Any:
+    """The mock LLM's record of the request whose last message holds ``marker``."""
+    mock = stack.mock_llm
+
+    def find() -> Any:
+        return next(
+            (r for r in mock.requests if marker in json.dumps(r.body.get("messages", [])[-1:])),
+            None,
+        )
+
+    assert mock.wait_for(lambda: find() is not None, timeout=timeout)
+    return find()
+
+
 def stream_invocation(stack: LocalStack, request_id: str) -> Any:
     """The stream function's invocation for ``request_id``, once it has reported."""
 
@@ -143,14 +157,10 @@ def test_a_client_that_leaves_mid_stream_stops_the_llm_call(stack: LocalStack) -
                     break
 
     run(leave_after_a_few_deltas())
-    mock = stack.mock_llm
-
-    def record() -> Any:
-        return next((r for r in mock.requests if marker in json.dumps(r.body)), None)
-
-    assert mock.wait_for(lambda: record() is not None and record().client_closed, timeout=20)
-    assert not record().completed
-    assert record().tokens_sent < 400
+    record = llm_request(stack, marker)
+    assert stack.mock_llm.wait_for(lambda: record.client_closed, timeout=20)
+    assert not record.completed
+    assert record.tokens_sent < 400
 
 
 def test_a_client_that_leaves_while_the_model_sends_nothing_stops_the_llm_call_too(
@@ -171,13 +181,9 @@ def test_a_client_that_leaves_while_the_model_sends_nothing_stops_the_llm_call_t
                     break
 
     run(leave_once_it_stalls())
-    mock = stack.mock_llm
-
-    def record() -> Any:
-        return next((r for r in mock.requests if marker in json.dumps(r.body)), None)
-
-    assert mock.wait_for(lambda: record() is not None and record().client_closed, timeout=20)
-    assert not record().completed and record().tokens_sent == 2
+    record = llm_request(stack, marker)
+    assert stack.mock_llm.wait_for(lambda: record.client_closed, timeout=20)
+    assert not record.completed and record.tokens_sent == 2
     invocation = stream_invocation(stack, marker)
     assert invocation.ok  # the client leaving is no failure
 

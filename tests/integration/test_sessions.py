@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from devstack.stack import LocalStack, StackConfig
-from tests.integration.test_local_stack import run, tokens
+from devstack.stack import LocalStack
+from tests.integration.test_local_stack import llm_request, run, tokens
 
 pytestmark = pytest.mark.integration
 
@@ -72,20 +72,6 @@ def seqs(frames: list[Frame]) -> list[int]:
 
 def text(frames: list[Frame]) -> str:
     return "".join(f["text"] for f in deltas(frames))
-
-
-def llm_request(stack: LocalStack, marker: str, timeout: float = 20) -> Any:
-    """The mock LLM's record of the request whose last message holds ``marker``."""
-    mock = stack.mock_llm
-
-    def find() -> Any:
-        return next(
-            (r for r in mock.requests if marker in json.dumps(r.body.get("messages", [])[-1:])),
-            None,
-        )
-
-    assert mock.wait_for(lambda: find() is not None, timeout=timeout)
-    return find()
 
 
 def prompt_invocation_done(stack: LocalStack, request_id: str, timeout: float = 30) -> Any:
@@ -345,13 +331,6 @@ def test_a_request_id_in_use_is_refused(stack: LocalStack) -> None:
 
 
 # --------------------------------------------------------------------------- ownership
-
-
-@pytest.fixture(scope="module")
-def hmac_stack() -> Iterator[LocalStack]:
-    config = StackConfig(ws_port=0, http_port=0, llm_base_url="", auth_mode="hmac")
-    with LocalStack(config) as running:
-        yield running
 
 
 def test_only_the_same_principal_may_resume_or_cancel_an_answer(hmac_stack: LocalStack) -> None:
