@@ -45,7 +45,7 @@ lint: $(BIN)/.installed
 	$(BIN)/cfn-lint template.yaml
 
 schema: $(BIN)/.installed
-	PYTHONPATH=layers/stream $(BIN)/python -m llmstream.protocol > docs/protocol.schema.json
+	PYTHONPATH=layers/stream $(BIN)/python -m llmstream.core.protocol > docs/protocol.schema.json
 
 ## build / deploy: the AWS SAM application (python3.13 must be on PATH; no Docker needed)
 build: $(SAM)

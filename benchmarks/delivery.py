@@ -104,7 +104,7 @@ def _init_worker(api_endpoint_base: str | None) -> None:
     )
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         os.environ.pop(var, None)
-    from llmstream.llm import OpenAIProvider, openai_client
+    from llmstream.stream.providers.openai import OpenAIProvider, openai_client
 
     from devstack.mock_llm import MockLLM
 
@@ -119,7 +119,7 @@ def _init_worker(api_endpoint_base: str | None) -> None:
 
 
 def _prompt(tokens: int, rate: float, first_token_delay: float) -> Any:
-    from llmstream.envelope import PromptEnvelope
+    from llmstream.core.envelope import PromptEnvelope
 
     directive = f"#mock tokens={tokens} rate={rate:g} first_token_delay={first_token_delay:g}"
     return PromptEnvelope(
@@ -135,8 +135,8 @@ def _prompt(tokens: int, rate: float, first_token_delay: float) -> Any:
 
 
 def _stream_batched(envelope: Any, post: Callable[[bytes], None], min_interval: float) -> None:
-    from llmstream.sender import FrameSender
-    from llmstream.streaming import stream_answer
+    from llmstream.stream.sender import FrameSender
+    from llmstream.stream.streaming import stream_answer
 
     sender = FrameSender(post, envelope.request_id, min_interval=min_interval)
     result = stream_answer(envelope, _worker["provider"], sender)
@@ -146,7 +146,7 @@ def _stream_batched(envelope: Any, post: Callable[[bytes], None], min_interval: 
 
 def _stream_naive(envelope: Any, post: Callable[[bytes], None]) -> None:
     """The baseline: post each delta as it is read, in the read loop. No batching, no thread."""
-    from llmstream.protocol import delta_frame, encode, end_frame, start_frame
+    from llmstream.core.protocol import delta_frame, encode, end_frame, start_frame
 
     rid = envelope.request_id
     post(encode(start_frame(rid, envelope.model)))
@@ -173,7 +173,7 @@ def _post_function(scenario: Scenario) -> Callable[[bytes], None]:
             time.sleep(delay)
 
         return post
-    from llmstream.management import Connection, management_client
+    from llmstream.apigw.connection import Connection, management_client
 
     client = management_client(f"{_worker['api']}{scenario.latency_ms:g}")
     connection = Connection(client, "bench-connection")

@@ -426,7 +426,7 @@ class _ThreadPool(_Pool):
                 self.runtime.apply_env(self.spec)
                 # One process for every function: the settings a handler reads at import must
                 # come from this environment, not from a cache an earlier function filled.
-                cached = sys.modules.get("llmstream.settings")
+                cached = sys.modules.get("llmstream.core.settings")
                 if cached is not None:
                     cached.get_settings.cache_clear()
                 for path in (self.spec.code_dir, *self.spec.layers):

@@ -54,7 +54,8 @@ def load_event(name: str) -> dict[str, Any]:
 
 def load_handler(function: str, env: dict[str, str] | None = None) -> ModuleType:
     """Import functions/<function>/app.py afresh, with the given environment, as Lambda would."""
-    from llmstream import clients, management, settings
+    from llmstream.apigw import connection as management
+    from llmstream.core import clients, settings
 
     if env:
         os.environ.update(env)
@@ -82,7 +83,7 @@ def logs() -> Any:
     import io
     import logging
 
-    from llmstream.observability import logger
+    from llmstream.core.observability import logger
 
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)

@@ -6,7 +6,7 @@ Exception("Unauthorized"). Tokens and secrets are never logged.
 """
 
 from llmstream.auth import AuthSettings, Denied, allow_policy, authorize
-from llmstream.observability import logger
+from llmstream.core.observability import logger
 
 settings = AuthSettings.from_env()
 

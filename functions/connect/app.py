@@ -6,10 +6,10 @@ in Sec-WebSocket-Protocol; without that echo its browser would drop the connecti
 
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
 from llmstream.auth import chosen_subprotocol
-from llmstream.clients import aws
-from llmstream.connections import add_connection
-from llmstream.observability import logger, tracer
-from llmstream.settings import get_settings
+from llmstream.connections.table import add_connection
+from llmstream.core.clients import aws
+from llmstream.core.observability import logger, tracer
+from llmstream.core.settings import get_settings
 
 settings = get_settings()
 

@@ -17,11 +17,11 @@ from aws_lambda_powertools.utilities.batch import (
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from llmstream.clients import aws
-from llmstream.deadletter import TryLater, notify_dead_letter
-from llmstream.management import Connection, management_client
-from llmstream.observability import logger, metrics, tracer
-from llmstream.settings import get_settings
+from llmstream.apigw.connection import Connection, management_client
+from llmstream.core.clients import aws
+from llmstream.core.observability import logger, metrics, tracer
+from llmstream.core.settings import get_settings
+from llmstream.deadletter.notify import TryLater, notify_dead_letter
 
 settings = get_settings()
 # A held message is no error of the function: it goes back to the queue, even when alone.

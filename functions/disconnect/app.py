@@ -1,10 +1,10 @@
 """$disconnect: forget the connection."""
 
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
-from llmstream.clients import aws
-from llmstream.connections import remove_connection
-from llmstream.observability import logger, tracer
-from llmstream.settings import get_settings
+from llmstream.connections.table import remove_connection
+from llmstream.core.clients import aws
+from llmstream.core.observability import logger, tracer
+from llmstream.core.settings import get_settings
 
 settings = get_settings()
 

@@ -9,13 +9,13 @@ import time
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
-from llmstream.clients import aws
-from llmstream.control import RequestControl
-from llmstream.intake import Caller, accept_message, publish_prompt
-from llmstream.observability import logger, metrics, tracer
-from llmstream.protocol import encode
-from llmstream.ratelimit import ConnectionLimits
-from llmstream.settings import get_settings
+from llmstream.core.clients import aws
+from llmstream.core.observability import logger, metrics, tracer
+from llmstream.core.protocol import encode
+from llmstream.core.settings import get_settings
+from llmstream.intake.accept import Caller, accept_message, publish_prompt
+from llmstream.intake.limits import ConnectionLimits
+from llmstream.requests.record import RequestControl
 
 settings = get_settings()
 

@@ -9,12 +9,12 @@ from functools import cache
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import SNSEvent, event_source
-from llmstream.clients import aws
-from llmstream.management import Connection, management_client
-from llmstream.observability import logger, metrics, record_stream_metrics, tracer
-from llmstream.providers import build_provider
-from llmstream.settings import get_settings
-from llmstream.worker import run_prompt
+from llmstream.apigw.connection import Connection, management_client
+from llmstream.core.clients import aws
+from llmstream.core.observability import logger, metrics, record_stream_metrics, tracer
+from llmstream.core.settings import get_settings
+from llmstream.stream.providers import build_provider
+from llmstream.stream.worker import run_prompt
 
 settings = get_settings()
 

@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from llmstream import auth
+from llmstream.auth import tokens as auth
 from moto import mock_aws
 
 from tests.conftest import load_event, load_handler

@@ -11,12 +11,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from llmstream import bedrock
-from llmstream.bedrock import BedrockProvider, bedrock_client
-from llmstream.envelope import PromptEnvelope
-from llmstream.llm import Chunk, LLMError, LLMTimeout, retry_before_first_token
-from llmstream.sender import FrameSender
-from llmstream.streaming import Outcome, stream_answer
+from llmstream.core.envelope import PromptEnvelope
+from llmstream.stream.providers import bedrock
+from llmstream.stream.providers.base import Chunk, LLMError, LLMTimeout, retry_before_first_token
+from llmstream.stream.providers.bedrock import BedrockProvider, bedrock_client
+from llmstream.stream.sender import FrameSender
+from llmstream.stream.streaming import Outcome, stream_answer
 
 from devstack.mock_bedrock import MockBedrock, Reply, answer, event, exception
 

@@ -13,13 +13,13 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from llmstream import protocol
-from llmstream.envelope import PromptEnvelope
-from llmstream.llm import Chunk
-from llmstream.protocol import Cancel, ErrorCode, Limits, ProtocolError, parse_client_message
-from llmstream.sender import FrameSender
-from llmstream.signals import Signal
-from llmstream.streaming import Outcome, StreamLimits, stream_answer
+from llmstream.core import protocol
+from llmstream.core.envelope import PromptEnvelope
+from llmstream.core.protocol import Cancel, ErrorCode, Limits, ProtocolError, parse_client_message
+from llmstream.stream.providers.base import Chunk
+from llmstream.stream.sender import FrameSender
+from llmstream.stream.signals import Signal
+from llmstream.stream.streaming import Outcome, StreamLimits, stream_answer
 from moto import mock_aws
 
 from tests.conftest import load_event, load_handler
@@ -141,12 +141,12 @@ def test_a_cancelled_answer_is_kept_in_the_conversation_as_far_as_it_went():
 def stalling_model(request, mock_llm) -> Iterator[tuple[Any, Any]]:
     """A real provider over HTTP whose model sends two tokens, then nothing at all."""
     if request.param == "openai":
-        from llmstream.llm import OpenAIProvider, openai_client
+        from llmstream.stream.providers.openai import OpenAIProvider, openai_client
 
         mock_llm.reset()
         yield OpenAIProvider(openai_client("sk-test", mock_llm.base_url)), mock_llm
         return
-    from llmstream.bedrock import BedrockProvider
+    from llmstream.stream.providers.bedrock import BedrockProvider
 
     from devstack.mock_bedrock import MockBedrock
 
@@ -187,7 +187,7 @@ def test_a_cancel_while_the_model_stalls_ends_the_answer_at_once_not_at_the_stal
 
 
 def test_a_client_that_leaves_while_the_model_stalls_ends_the_stream_at_once(stalling_model):
-    from llmstream.management import ConnectionGone
+    from llmstream.apigw.connection import ConnectionGone
 
     provider, mock = stalling_model
     envelope = dataclasses.replace(

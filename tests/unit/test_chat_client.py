@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from llmstream.protocol import REQUEST_ID_PATTERN
+from llmstream.core.protocol import REQUEST_ID_PATTERN
 from websockets.asyncio.server import ServerConnection, serve
 
 from devstack import chat

@@ -129,7 +129,7 @@ def test_a_gone_connection_does_not_fail_the_batch_and_the_prompt_is_kept(
     aws, failed_queue, lambda_context
 ):
     handler = load_handler("deadletter")
-    from llmstream.management import management_client
+    from llmstream.apigw.connection import management_client
 
     body = load_event("deadletter-sqs.json")["Records"][0]["body"]
     with Stubber(management_client(ENDPOINT)) as stub:
@@ -141,8 +141,8 @@ def test_a_gone_connection_does_not_fail_the_batch_and_the_prompt_is_kept(
 
 
 def test_notify_reports_gone_without_raising():
-    from llmstream.deadletter import notify_dead_letter
-    from llmstream.management import Connection, management_client
+    from llmstream.apigw.connection import Connection, management_client
+    from llmstream.deadletter.notify import notify_dead_letter
 
     client = management_client(ENDPOINT)
     with Stubber(client) as stub:
@@ -208,7 +208,7 @@ def test_a_prompt_that_cannot_be_kept_goes_back_to_the_dead_letter_queue(
 def test_a_dead_lettered_resume_tells_its_client_to_resume_again(
     aws, failed_queue, closed, lambda_context
 ):
-    from llmstream.envelope import ResumeEnvelope
+    from llmstream.core.envelope import ResumeEnvelope
 
     resume = ResumeEnvelope(
         request_id="req-123",
@@ -272,8 +272,8 @@ def ask(prompt: str, context) -> dict:
 def killed_mid_stream(sns: dict, context, monkeypatch) -> None:
     """The stream function dies after a start and a delta, as the runtime kills an invocation
     that runs out of memory or time: no frame, no settling, no retry left."""
-    from llmstream import worker
-    from llmstream.protocol import start_frame
+    from llmstream.core.protocol import start_frame
+    from llmstream.stream import worker
 
     class Killed(BaseException):
         pass
@@ -384,8 +384,8 @@ def test_a_request_still_held_by_a_live_invocation_goes_back_to_the_queue_untold
 def test_a_request_that_failed_on_our_side_is_not_told_twice(
     aws, deployed, failed_queue, closed, lambda_context, monkeypatch
 ):
-    from llmstream import streaming
-    from llmstream.worker import RequestFailed
+    from llmstream.stream import streaming
+    from llmstream.stream.worker import RequestFailed
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
@@ -406,7 +406,7 @@ def test_a_request_that_failed_on_our_side_is_not_told_twice(
 def test_a_prompt_dead_lettered_unrun_is_settled_so_a_late_delivery_never_streams_it(
     aws, deployed, failed_queue, closed, mock_llm, lambda_context
 ):
-    from llmstream.worker import RequestFailed
+    from llmstream.stream.worker import RequestFailed
 
     body = json.dumps(destination_record("EventAgeExceeded", requestPayload=deployed))
     run(sqs_event(body), lambda_context)

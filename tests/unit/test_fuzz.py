@@ -12,8 +12,9 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from llmstream import auth, protocol
-from llmstream.envelope import parse_envelope
+from llmstream.auth import tokens as auth
+from llmstream.core import protocol
+from llmstream.core.envelope import parse_envelope
 from moto import mock_aws
 
 from tests.conftest import load_event, load_handler

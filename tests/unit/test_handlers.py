@@ -128,7 +128,7 @@ def test_the_message_handler_never_imports_the_llm_client():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     loaded = json.loads(out.strip().splitlines()[-1])
-    assert not [m for m in loaded if m.startswith(("openai", "httpx", "llmstream.llm"))]
+    assert not [m for m in loaded if m.startswith(("openai", "httpx", "llmstream.stream"))]
 
 
 def test_a_bedrock_model_is_published_with_provider_bedrock_for_the_fan_out(

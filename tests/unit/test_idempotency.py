@@ -8,7 +8,7 @@ import time
 
 import boto3
 import pytest
-from llmstream.idempotency import Claim, Deduplicator, Status
+from llmstream.requests.claim import Claim, Deduplicator, Status
 from moto import mock_aws
 
 from tests.conftest import load_handler
@@ -143,8 +143,8 @@ def test_close_out_settles_what_no_invocation_is_left_to_answer(table):
 
 
 def test_the_deployment_lease_comes_from_stream_lease_seconds(table):
-    from llmstream.idempotency import deduplicator
-    from llmstream.settings import Settings
+    from llmstream.core.settings import Settings
+    from llmstream.requests.claim import deduplicator
 
     settings = Settings.from_env(
         {"STREAM_LEASE_SECONDS": "0.3", "IDEMPOTENCY_TABLE": "idempotency"}
@@ -215,9 +215,9 @@ def test_a_duplicate_that_arrives_while_the_first_is_streaming_does_not_stream(
 def test_a_retry_after_a_crash_mid_stream_tells_the_client_and_never_streams_again(
     stream_env, closed, mock_llm, lambda_context, monkeypatch
 ):
-    from llmstream import worker
-    from llmstream.protocol import start_frame
-    from llmstream.worker import RequestFailed
+    from llmstream.core.protocol import start_frame
+    from llmstream.stream import worker
+    from llmstream.stream.worker import RequestFailed
 
     class Killed(BaseException):
         """What the runtime does to an invocation that runs out of memory."""
@@ -259,7 +259,7 @@ def test_a_retry_after_a_crash_mid_stream_tells_the_client_and_never_streams_aga
 def test_a_failure_of_ours_tells_the_client_then_every_retry_fails_without_streaming(
     stream_env, closed, mock_llm, lambda_context, monkeypatch
 ):
-    from llmstream import streaming
+    from llmstream.stream import streaming
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
@@ -267,7 +267,7 @@ def test_a_failure_of_ours_tells_the_client_then_every_retry_fails_without_strea
     monkeypatch.setattr(streaming, "build_messages", broken)
     event = sns_event("#mock tokens=5 rate=0")
     doc = envelope(event)
-    from llmstream.worker import RequestFailed
+    from llmstream.stream.worker import RequestFailed
 
     with pytest.raises(RequestFailed):
         run(event, lambda_context)
@@ -283,7 +283,7 @@ def test_a_failure_of_ours_tells_the_client_then_every_retry_fails_without_strea
 def test_an_unreachable_idempotency_table_tells_the_client_and_fails(
     stream_env, closed, mock_llm, lambda_context, monkeypatch
 ):
-    from llmstream.worker import RequestFailed
+    from llmstream.stream.worker import RequestFailed
 
     monkeypatch.setenv("IDEMPOTENCY_TABLE", "missing")
     event = sns_event("#mock tokens=5 rate=0")

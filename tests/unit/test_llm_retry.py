@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from llmstream.llm import LLMError, retry_before_first_token
+from llmstream.stream.providers.base import LLMError, retry_before_first_token
 
 from tests.unit.streams import (
     deltas_text,
@@ -89,9 +89,9 @@ def test_a_client_error_is_not_retried(status):
 @pytest.fixture
 def no_jitter(monkeypatch):
     """Backoff waits of zero, so the end-to-end tests run at once (the waits are tested above)."""
-    import llmstream.llm
+    import llmstream.stream.providers.base
 
-    monkeypatch.setattr(llmstream.llm.random, "uniform", lambda low, high: 0.0)
+    monkeypatch.setattr(llmstream.stream.providers.base.random, "uniform", lambda low, high: 0.0)
 
 
 def test_a_model_answering_429_twice_still_streams_the_whole_answer(

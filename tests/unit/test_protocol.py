@@ -7,8 +7,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from llmstream import protocol
-from llmstream.protocol import (
+from llmstream.core import protocol
+from llmstream.core.protocol import (
     ErrorCode,
     Limits,
     ProtocolError,

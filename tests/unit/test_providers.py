@@ -8,11 +8,11 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from llmstream import bedrock
-from llmstream.bedrock import BedrockProvider
-from llmstream.llm import OpenAIProvider
-from llmstream.providers import build_provider, provider_for_model
-from llmstream.settings import Settings
+from llmstream.core.settings import Settings
+from llmstream.intake.routing import provider_for_model
+from llmstream.stream.providers import bedrock, build_provider
+from llmstream.stream.providers.bedrock import BedrockProvider
+from llmstream.stream.providers.openai import OpenAIProvider
 
 from devstack.mock_bedrock import MockBedrock, Reply, answer, exception
 from tests.conftest import load_handler

@@ -6,7 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 
-from llmstream import ratelimit
+from llmstream.intake import limits as ratelimit
+from llmstream.requests import slots
 
 from tests.conftest import load_event, load_handler
 from tests.unit.streams import (
@@ -119,14 +120,14 @@ def test_a_duplicate_delivery_gives_the_stream_slot_back_only_once(
 
 
 def test_giving_a_slot_back_never_goes_below_zero_nor_revives_a_closed_connection(aws):
-    assert ratelimit.release_stream(aws.dynamodb, aws.table, "gone=") is False
+    assert slots.release_stream(aws.dynamodb, aws.table, "gone=") is False
     assert "Item" not in aws.dynamodb.get_item(
         TableName=aws.table, Key={"connectionId": {"S": "gone="}}
     )
     aws.dynamodb.put_item(
         TableName=aws.table, Item={"connectionId": {"S": "c="}, "activeStreams": {"N": "0"}}
     )
-    assert ratelimit.release_stream(aws.dynamodb, aws.table, "c=") is False
+    assert slots.release_stream(aws.dynamodb, aws.table, "c=") is False
 
 
 def test_a_prompt_that_could_not_be_published_gives_its_slot_back(aws, lambda_context, monkeypatch):
@@ -163,15 +164,15 @@ def test_a_limit_of_zero_turns_the_limit_off(aws, lambda_context, monkeypatch):
 
 def test_a_slot_whose_stream_never_ran_is_presumed_lost_after_half_an_hour(aws):
     def acquire(now):
-        return ratelimit.acquire_stream(
+        return slots.acquire_stream(
             aws.dynamodb, aws.table, connection_id="c=", limit=1, now_s=now, expires_at=now + 7200
         )
 
     start = 1_750_000_000
     assert acquire(start) is None  # its SNS delivery will end in the dead-letter queue
     assert acquire(start + 60).limit == "concurrent_streams"
-    assert acquire(start + ratelimit.STALE_SLOT_SECONDS - 1).limit == "concurrent_streams"
-    assert acquire(start + ratelimit.STALE_SLOT_SECONDS + 1) is None
+    assert acquire(start + slots.STALE_SLOT_SECONDS - 1).limit == "concurrent_streams"
+    assert acquire(start + slots.STALE_SLOT_SECONDS + 1) is None
     item = aws.dynamodb.get_item(TableName=aws.table, Key={"connectionId": {"S": "c="}})["Item"]
     assert item["activeStreams"]["N"] == "1"
 
@@ -180,7 +181,7 @@ def test_the_slot_is_free_before_the_end_frame_leaves(
     stream_env, closed, lambda_context, monkeypatch
 ):
     """A client that sends its next prompt the moment it sees `end` is never refused."""
-    from llmstream import worker
+    from llmstream.stream import worker
 
     connection_id = "Kx3vYdqgoAMCJyQ="
     seen_at_release: list[list[str]] = []

@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
-from llmstream.management import ConnectionGone, PostFailed, Throttled
-from llmstream.protocol import start_frame
-from llmstream.sender import FrameSender, split_text
+from llmstream.apigw.connection import ConnectionGone, PostFailed, Throttled
+from llmstream.core.protocol import start_frame
+from llmstream.stream.sender import FrameSender, split_text
 
 
 class Recorder:
@@ -362,7 +362,7 @@ def test_a_callback_registered_after_the_client_left_runs_at_once():
 )
 def test_a_connection_is_alive_unless_get_connection_says_it_is_gone(error, alive):
     from botocore.stub import Stubber
-    from llmstream.management import Connection, management_client
+    from llmstream.apigw.connection import Connection, management_client
 
     client = management_client("https://x7k2m9q4pd.execute-api.us-east-1.amazonaws.com/prod")
     with Stubber(client) as stub:

@@ -14,8 +14,20 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from llmstream import protocol
-from llmstream.control import (
+from llmstream.apigw.connection import ConnectionGone, Throttled
+from llmstream.core import protocol
+from llmstream.core.envelope import (
+    InvalidEnvelope,
+    PromptEnvelope,
+    ResumeEnvelope,
+    parse_envelope,
+    parse_message,
+)
+from llmstream.core.protocol import ErrorCode, Limits, ProtocolError, Resume, parse_client_message
+from llmstream.core.settings import Settings
+from llmstream.intake.accept import Caller, accept_message
+from llmstream.requests.history import Conversations, estimate_tokens
+from llmstream.requests.record import (
     CHUNK_BYTES,
     Attached,
     Refused,
@@ -25,21 +37,9 @@ from llmstream.control import (
     Target,
     owner_key,
 )
-from llmstream.envelope import (
-    InvalidEnvelope,
-    PromptEnvelope,
-    ResumeEnvelope,
-    parse_envelope,
-    parse_message,
-)
-from llmstream.history import Conversations, estimate_tokens
-from llmstream.intake import Caller, accept_message
-from llmstream.llm import OpenAIProvider, openai_client
-from llmstream.management import ConnectionGone, Throttled
-from llmstream.protocol import ErrorCode, Limits, ProtocolError, Resume, parse_client_message
-from llmstream.relay import Relay
-from llmstream.settings import Settings
-from llmstream.worker import run_prompt
+from llmstream.stream.providers.openai import OpenAIProvider, openai_client
+from llmstream.stream.relay import Relay
+from llmstream.stream.worker import run_prompt
 from moto import mock_aws
 
 from tests.conftest import load_event, load_handler
@@ -650,7 +650,7 @@ def test_the_resume_event_of_a_finished_answer_publishes_a_replay(session_aws, l
 
 
 def test_a_resumable_answer_whose_invocation_died_tells_the_client_that_resumes_it(world):
-    from llmstream.worker import RequestFailed
+    from llmstream.stream.worker import RequestFailed
 
     world.send("conn-a", **prompt("crashed", "#mock tokens=5", resumable=True))
     world.control.begin("anon#crashed")  # an invocation took it, then died mid-stream

@@ -75,7 +75,7 @@ def test_a_client_gone_mid_stream_stops_the_llm_at_once_and_the_invocation_succe
     handler = load_handler("stream")
     event = sns_event("#mock tokens=500 rate=100 first_token_delay=0")
     doc = envelope(event)
-    from llmstream.management import management_client
+    from llmstream.apigw.connection import management_client
 
     client = management_client(f"https://{doc['domainName']}/{doc['stage']}")
     with Stubber(client) as stub:

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 from cfnlint.decode import decode
-from llmstream.envelope import parse_envelope
-from llmstream.protocol import Action
-from llmstream.settings import Settings
+from llmstream.core.envelope import parse_envelope
+from llmstream.core.protocol import Action
+from llmstream.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -357,7 +357,7 @@ def test_sam_build_succeeds_and_the_layer_holds_llmstream_for_the_target_archite
     for name in functions(template):
         assert (build / name).is_dir(), f"{name} was not built"
     layer = build / "StreamLayer" / "python"
-    for module in ("protocol", "envelope", "settings"):
+    for module in ("core/protocol", "core/envelope", "core/settings", "stream/worker"):
         assert (layer / "llmstream" / f"{module}.py").is_file()
 
     # Native wheels must match the architecture the functions run on, and Python 3.13.

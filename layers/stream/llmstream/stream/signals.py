@@ -12,7 +12,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 
-from .observability import logger
+from ..core.observability import logger
 
 
 class Signal:

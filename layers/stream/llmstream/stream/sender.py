@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .management import ConnectionGone, PostFailed, Throttled
-from .protocol import ErrorCode, delta_frame, encode, error_frame
-from .settings import WEBSOCKET_FRAME_LIMIT
+from ..apigw.connection import ConnectionGone, PostFailed, Throttled
+from ..core.protocol import ErrorCode, delta_frame, encode, error_frame
+from ..core.settings import WEBSOCKET_FRAME_LIMIT
 from .signals import Signal
 
 Post = Callable[[bytes], None]

@@ -13,8 +13,8 @@ from botocore.exceptions import ClientError, HTTPClientError, ReadTimeoutError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from urllib3.exceptions import ReadTimeoutError as StreamReadTimeoutError
 
-from .llm import RETRYABLE_STATUS, Chunk, ChunkStream, LLMError, LLMTimeout, shutdown_socket
-from .protocol import FinishReason
+from ...core.protocol import FinishReason
+from .base import RETRYABLE_STATUS, Chunk, ChunkStream, LLMError, LLMTimeout, shutdown_socket
 
 ClientFactory = Callable[[float], Any]
 """Returns a bedrock-runtime client whose socket read timeout is (at most) the given seconds."""

@@ -10,10 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .control import Attached, Refused, RequestControl, Target, owner_key
-from .envelope import PromptEnvelope, ResumeEnvelope
-from .observability import logger
-from .protocol import (
+from ..core.envelope import PromptEnvelope, ResumeEnvelope
+from ..core.observability import logger
+from ..core.protocol import (
     Cancel,
     ErrorCode,
     ProtocolError,
@@ -22,9 +21,10 @@ from .protocol import (
     error_frame,
     parse_client_message,
 )
-from .providers import provider_for_model
-from .ratelimit import ConnectionLimits, count_request
-from .settings import Settings
+from ..core.settings import Settings
+from ..requests.record import Attached, Refused, RequestControl, Target, owner_key
+from .limits import ConnectionLimits, count_request
+from .routing import provider_for_model
 
 Publish = Callable[[PromptEnvelope | ResumeEnvelope], Any]
 

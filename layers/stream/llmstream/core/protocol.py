@@ -493,5 +493,5 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-if __name__ == "__main__":  # python -m llmstream.protocol > docs/protocol.schema.json
+if __name__ == "__main__":  # python -m llmstream.core.protocol > docs/protocol.schema.json
     print(json.dumps(SCHEMA, indent=2))

@@ -22,7 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .settings import Settings
+from ..core.settings import Settings
 
 LEASE_SECONDS = 30
 """A claim whose lease is this old belongs to an invocation that died (STREAM_LEASE_SECONDS).

@@ -16,10 +16,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .control import LEASE_SECONDS, RENEW_EVERY_SECONDS, ControlState, RequestControl, Target
-from .management import Connection, ConnectionGone, PostFailed, Throttled
-from .observability import logger
-from .protocol import delta_frame, encode
+from ..apigw.connection import Connection, ConnectionGone, PostFailed, Throttled
+from ..core.observability import logger
+from ..core.protocol import delta_frame, encode
+from ..requests.record import (
+    LEASE_SECONDS,
+    RENEW_EVERY_SECONDS,
+    ControlState,
+    RequestControl,
+    Target,
+)
 from .signals import Signal
 
 THROTTLE_BUDGET_SECONDS = 10.0

@@ -17,19 +17,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .control import ControlState, RequestControl, Status, Target, owner_key
-from .envelope import InvalidEnvelope, PromptEnvelope, ResumeEnvelope, parse_message
-from .history import Conversations, History
-from .idempotency import Claim, Deduplicator, deduplicator
-from .idempotency import Status as ClaimStatus
-from .llm import Provider
-from .management import Connection
-from .observability import logger
-from .protocol import ErrorCode, delta_frame, encode, error_frame
-from .ratelimit import release_stream
+from ..apigw.connection import Connection
+from ..core.envelope import InvalidEnvelope, PromptEnvelope, ResumeEnvelope, parse_message
+from ..core.observability import logger
+from ..core.protocol import ErrorCode, delta_frame, encode, error_frame
+from ..core.settings import Settings
+from ..requests.claim import Claim, Deduplicator, deduplicator
+from ..requests.claim import Status as ClaimStatus
+from ..requests.history import Conversations, History
+from ..requests.record import ControlState, RequestControl, Status, Target, owner_key
+from ..requests.slots import release_stream
+from .providers.base import Provider
 from .relay import Relay, Watcher, post_with_retry
 from .sender import FrameSender
-from .settings import Settings
 from .signals import Signal
 from .streaming import Outcome, StreamLimits, StreamResult, stream_answer
 

@@ -295,7 +295,3 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,19 +16,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .envelope import (
+from ..apigw.connection import Connection, ConnectionGone
+from ..core.envelope import (
     InvalidEnvelope,
     PromptEnvelope,
     ResumeEnvelope,
     json_object,
     parse_message,
 )
-from .idempotency import Claim, deduplicator
-from .management import Connection, ConnectionGone
-from .observability import logger
-from .protocol import ErrorCode, encode, error_frame
-from .settings import Settings
-from .worker import DOMAIN_PATTERN, INTERRUPTED, NOT_STARTED, STAGE_PATTERN, give_up
+from ..core.observability import logger
+from ..core.protocol import ErrorCode, encode, error_frame
+from ..core.settings import Settings
+from ..requests.claim import Claim, deduplicator
+from ..stream.worker import DOMAIN_PATTERN, INTERRUPTED, NOT_STARTED, STAGE_PATTERN, give_up
 
 TOLD, ALREADY_TOLD, GONE, UNREADABLE, NOT_TOLD = (
     "told",

@@ -1,82 +1,11 @@
-"""LLM providers behind one small streaming interface; the OpenAI-compatible one is here.
-
-A provider turns messages into an iterator of Chunks that can be closed early (which closes the
-HTTP stream), and, where the provider can, aborted from another thread while a read waits on a
-stalled model. Failures become LLMError / LLMTimeout so the caller never sees a vendor exception.
-"""
+"""The OpenAI-compatible provider: any chat completions endpoint, streamed and abortable."""
 
 from __future__ import annotations
 
-import contextlib
-import random
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
-
-@dataclass(frozen=True)
-class Chunk:
-    text: str = ""
-    finish_reason: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-
-
-class LLMError(Exception):
-    """The LLM failed; ``message`` is safe to show the client."""
-
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-        self.status = status
-
-
-class LLMTimeout(LLMError):
-    """The LLM sent nothing for longer than the stall timeout."""
-
-
-class ChunkStream(Protocol):
-    def __iter__(self) -> Iterator[Chunk]: ...
-
-    def close(self) -> None: ...
-
-    # Optional: ``abort()``, callable from another thread, ends a read blocked on the model.
-
-
-class Provider(Protocol):
-    name: str
-
-    def stream(
-        self, messages: list[dict[str, str]], *, model: str, max_tokens: int, read_timeout: float
-    ) -> ChunkStream: ...
-
-
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-def retry_before_first_token(
-    open_stream: Callable[[], ChunkStream],
-    *,
-    budget: float,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    base: float = 0.25,
-    cap: float = 4.0,
-) -> ChunkStream:
-    """Open a stream, retrying retryable failures with full-jitter backoff within ``budget`` s."""
-    deadline = clock() + budget
-    attempt = 0
-    while True:
-        try:
-            return open_stream()
-        except LLMError as exc:
-            delay = random.uniform(0, min(cap, base * 2**attempt))
-            if not exc.retryable or clock() + delay > deadline:
-                raise
-            attempt += 1
-            sleep(delay)
+from .base import RETRYABLE_STATUS, Chunk, ChunkStream, LLMError, LLMTimeout, shutdown_socket
 
 
 class _OpenAIChunks:
@@ -114,16 +43,6 @@ class _OpenAIChunks:
         network = getattr(response, "extensions", {}).get("network_stream")
         shutdown_socket(network.get_extra_info("socket") if network is not None else None)
         self.close()
-
-
-def shutdown_socket(sock: Any) -> None:
-    """Best effort: end a socket's reads and writes in every thread that is blocked on it."""
-    if sock is None:
-        return
-    import socket
-
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _safe_message(exc: Exception) -> str:

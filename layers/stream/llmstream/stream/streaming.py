@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .envelope import PromptEnvelope
-from .llm import ChunkStream, LLMError, LLMTimeout, Provider, retry_before_first_token
-from .observability import logger
-from .protocol import ErrorCode, FinishReason, end_frame, error_frame, start_frame
+from ..core.envelope import PromptEnvelope
+from ..core.observability import logger
+from ..core.protocol import ErrorCode, FinishReason, end_frame, error_frame, start_frame
+from .providers.base import ChunkStream, LLMError, LLMTimeout, Provider, retry_before_first_token
 from .sender import FrameSender, SendStats
 from .signals import Signal
 

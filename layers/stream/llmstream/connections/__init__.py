@@ -1,0 +1,1 @@
+"""The connections table that $connect and $disconnect keep."""

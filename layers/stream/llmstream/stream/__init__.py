@@ -1,0 +1,2 @@
+"""What the stream function does: claim a prompt, call the model, stream the answer, settle,
+replay."""
