@@ -7,6 +7,9 @@ VENV   := .venv
 SAMVENV := .venv-sam
 BIN    := $(VENV)/bin
 SAM    := $(SAMVENV)/bin/sam
+CHECKOVVENV := .venv-checkov
+# Only checkov itself goes on the tests' PATH, not its virtualenv's python.
+CHECKOV := $(CHECKOVVENV)/tools/checkov
 
 .PHONY: local test test-fast bench build deploy lint schema clean
 
@@ -22,13 +25,20 @@ $(SAM):
 	$(SAMVENV)/bin/pip install -q --upgrade pip
 	$(SAMVENV)/bin/pip install -q aws-sam-cli
 
+$(CHECKOV): requirements-checkov.txt
+	test -x $(CHECKOVVENV)/bin/python || $(PYTHON) -m venv $(CHECKOVVENV)
+	$(CHECKOVVENV)/bin/pip install -q --upgrade pip
+	$(CHECKOVVENV)/bin/pip install -q -r requirements-checkov.txt
+	mkdir -p $(CHECKOVVENV)/tools && ln -sf ../bin/checkov $@
+	touch $@
+
 ## local: run the whole service on this machine (WebSocket gateway, SNS, mock LLM, chat page)
 local: $(BIN)/.installed
 	$(BIN)/python -m devstack
 
 ## test: every test, from nothing (creates the virtualenvs, installs, runs pytest)
-test: $(BIN)/.installed $(SAM)
-	PATH="$(abspath $(SAMVENV))/bin:$(dir $(PY313)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS); \
+test: $(BIN)/.installed $(SAM) $(CHECKOV)
+	PATH="$(abspath $(SAMVENV))/bin:$(abspath $(CHECKOVVENV))/tools:$(dir $(PY313)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 ## test-fast: unit tests only
@@ -45,7 +55,7 @@ lint: $(BIN)/.installed
 	$(BIN)/cfn-lint template.yaml
 
 schema: $(BIN)/.installed
-	PYTHONPATH=layers/stream $(BIN)/python -m llmstream.core.protocol > docs/protocol.schema.json
+	PYTHONPATH=layers/stream $(BIN)/python -m llmstream.core.schema > docs/protocol.schema.json
 
 ## build / deploy: the AWS SAM application (python3.13 must be on PATH; no Docker needed)
 build: $(SAM)
@@ -55,4 +65,4 @@ deploy: build
 	$(SAM) deploy --guided
 
 clean:
-	rm -rf .aws-sam $(VENV) $(SAMVENV) .pytest_cache
+	rm -rf .aws-sam $(VENV) $(SAMVENV) $(CHECKOVVENV) .pytest_cache

@@ -1,4 +1,5 @@
-"""Streaming benchmarks: delivery against the physical limit, frame cost, cold starts, end to end.
+"""Streaming benchmarks: delivery against the physical limit, frame cost, cold starts, end to end,
+and the AWS calls each answer makes.
 
 ``python -m benchmarks`` runs them all, prints the tables and rewrites docs/benchmarks.md.
 """

@@ -17,7 +17,6 @@ from .report import (
     Results,
     delivery_table,
     frames_table,
-    imports_table,
     interval_table,
     mark,
     plot,
@@ -156,6 +155,13 @@ def run(
         from .e2e import run_e2e
 
         parts["e2e"] = run_e2e(config, progress=progress)
+        write()
+
+    if "calls" in sections:
+        from .calls import run_calls
+
+        progress("calls: AWS API calls per answer through the local stack")
+        parts["calls"] = run_calls(progress=progress)
     return write()
 
 
@@ -204,11 +210,17 @@ def render(
         out += summary_section(config, res, parts)
         out += delivery_sections(config, res, plot_name)
     if "imports" in parts:
-        out += imports_section(parts["imports"])
+        from .imports import render_imports
+
+        out += render_imports(parts["imports"])
     if "e2e" in parts:
         from .e2e import render_e2e
 
         out += render_e2e(config, parts["e2e"])
+    if "calls" in parts:
+        from .calls import render_calls
+
+        out += render_calls(parts["calls"])
     if res is not None:
         out += method_section(config)
     return "\n".join(out).rstrip() + "\n"
@@ -355,30 +367,6 @@ def delivery_sections(config: Config, res: Results, plot_name: str | None) -> li
         "",
     ]
     return out
-
-
-def imports_section(rows: list[Any]) -> list[str]:
-    return [
-        "## Cold start: import cost",
-        "",
-        "`python -X importtime` in a fresh interpreter per run, the cumulative time of the "
-        "top-level imports, with Lambda's environment (a function name, so Powertools' Tracer "
-        "imports the X-Ray SDK as it does in Lambda) and the handler's directory and the layer on "
-        "`sys.path`. Bytecode caches are warm (one discarded round first). Median of "
-        f"{rows[0].runs if rows else 0} runs, the cases interleaved.",
-        "",
-        imports_table(rows),
-        "",
-        "The message handler imports neither openai nor the layer's LLM code (a unit test "
-        "holds it to that), so the route that must answer the client at once never waits for "
-        "it. The stream handler imports openai on its first invocation, once per container "
-        "(`_provider()`, cached; `tests/unit/test_cold_start.py` holds it to that): the last row "
-        "is paid by the first prompt a container streams, after the client already has its "
-        "`accepted` frame. About two thirds of each handler's own import sits under "
-        "`aws_xray_sdk.core` (Powertools' Tracer, for active tracing; it also brings botocore "
-        "in, and ~90 ms of it is the SDK's own patching).",
-        "",
-    ]
 
 
 def method_section(config: Config) -> list[str]:

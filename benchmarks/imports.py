@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from . import LAYER, ROOT
+from .report import imports_table
 
 MARK = "-- benchmark mark --"
 
@@ -136,3 +137,27 @@ def measure(runs: int = 7) -> list[ImportTime]:
             )
         )
     return out
+
+
+def render_imports(rows: list[ImportTime]) -> list[str]:
+    return [
+        "## Cold start: import cost",
+        "",
+        "`python -X importtime` in a fresh interpreter per run, the cumulative time of the "
+        "top-level imports, with Lambda's environment (a function name, so Powertools' Tracer "
+        "imports the X-Ray SDK as it does in Lambda) and the handler's directory and the layer on "
+        "`sys.path`. Bytecode caches are warm (one discarded round first). Median of "
+        f"{rows[0].runs if rows else 0} runs, the cases interleaved.",
+        "",
+        imports_table(rows),
+        "",
+        "The message handler imports neither openai nor the layer's LLM code (a unit test "
+        "holds it to that), so the route that must answer the client at once never waits for "
+        "it. The stream handler imports openai on its first invocation, once per container "
+        "(`_provider()`, cached; `tests/unit/test_cold_start.py` holds it to that): the last row "
+        "is paid by the first prompt a container streams, after the client already has its "
+        "`accepted` frame. About two thirds of each handler's own import sits under "
+        "`aws_xray_sdk.core` (Powertools' Tracer, for active tracing; it also brings botocore "
+        "in, and ~90 ms of it is the SDK's own patching).",
+        "",
+    ]

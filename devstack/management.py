@@ -11,7 +11,9 @@ import itertools
 
 from aiohttp import web
 
-from .gateway import MESSAGE_LIMIT, Connection, Gateway, iso8601
+from .gateway import Gateway
+from .ws_connection import Connection, iso8601
+from .ws_frames import MESSAGE_LIMIT
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

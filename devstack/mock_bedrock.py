@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .mock_llm import POLL_SECONDS, Directive, DirectiveError
+from .mock_directive import Directive, DirectiveError
+from .mock_http import POLL_SECONDS
 
 ERRORS = {
     400: "ValidationException",

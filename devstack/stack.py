@@ -16,8 +16,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,64 +25,70 @@ from aiohttp import web
 
 from .gateway import Gateway, GatewayConfig
 from .management import ManagementApi
-from .routes import FUNCTIONS, STREAM_FILTER_ATTRIBUTE
+from .routes import Route
 from .runtime import ACCOUNT_ID, REGION, FunctionSpec, Invocation, Runtime, function_arn
 from .sns import Fanout, Subscription, patch_moto
+from .template import Function, Template, text
 
 log = logging.getLogger("devstack")
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "llm-stream-local"
-HMAC_SECRET_NAME = "llm-stream/ws-token-hmac"
+"""The local stack's name: its resources are ``llm-stream-local-<logical id>``."""
 
-TEMPLATE_DEFAULTS: dict[str, str] = {
-    # template.yaml's Globals environment with its Parameters' defaults; tests keep them in sync.
-    "LLM_PROVIDER": "openai",
-    "LLM_MODEL": "gpt-4o-mini",
-    "ALLOWED_MODELS": "",
-    "LLM_API_KEY_SECRET": "llm-stream/openai-api-key",
-    "MAX_TOKENS": "1024",
-    "SYSTEM_PROMPT": "You are a helpful assistant. Answer concisely.",
-    "LLM_STALL_TIMEOUT_SECONDS": "30",
-    "LLM_RETRY_BUDGET_SECONDS": "20",
-    "MAX_PROMPT_BYTES": "16384",
-    "MIN_FRAME_INTERVAL_MS": "50",
-    "DEADLINE_MARGIN_SECONDS": "10",
-    "STREAM_LEASE_SECONDS": "30",
-    "CONNECTION_TTL_SECONDS": "7200",
-    "LOG_CONTENT": "false",
-    "RATE_LIMIT_PER_MINUTE": "20",
-    "MAX_CONCURRENT_STREAMS": "1",
-    "PRINCIPAL_RATE_LIMIT_PER_MINUTE": "60",
-    "HISTORY_MAX_TURNS": "20",
-    "HISTORY_MAX_TOKENS": "4000",
-    "HISTORY_TTL_SECONDS": "86400",
-    "RESUME_TTL_SECONDS": "600",
-    "RESUME_GRACE_SECONDS": "30",
-    "CONTROL_POLL_MS": "200",
-    "AUTH_MODE": "none",
-    "POWERTOOLS_SERVICE_NAME": "llm-stream",
-    "POWERTOOLS_METRICS_NAMESPACE": "LlmStream",
-    "POWERTOOLS_LOG_LEVEL": "INFO",
-    "POWERTOOLS_LOGGER_LOG_EVENT": "false",
-}
-
-BEDROCK_MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
+BEDROCK_MODEL_ID = Template().parameters["BedrockModelId"]
 """template.yaml's BedrockModelId default: the model the Bedrock fan-out serves."""
 
-TABLES: dict[str, dict[str, Any]] = {
-    # env var -> key schema, as template.yaml declares the tables
-    "CONNECTIONS_TABLE": {"keys": [("connectionId", "S", "HASH")], "ttl": "expiresAt"},
-    "IDEMPOTENCY_TABLE": {"keys": [("id", "S", "HASH")], "ttl": "expiration"},
-    "CONVERSATIONS_TABLE": {
-        "keys": [("conversationId", "S", "HASH"), ("turn", "N", "RANGE")],
-        "ttl": "expiresAt",
-    },
-    "FRAMES_TABLE": {
-        "keys": [("requestId", "S", "HASH"), ("seq", "N", "RANGE")],
-        "ttl": "expiresAt",
-    },
-}
+# SQS attributes the local queues take from template.yaml (moto ignores the rest).
+QUEUE_ATTRIBUTES = (
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "ReceiveMessageWaitTimeSeconds",
+    "SqsManagedSseEnabled",
+    "VisibilityTimeout",
+)
+
+
+@dataclass
+class Resources:
+    """What ``create_resources`` made: local names by logical ID."""
+
+    tables: dict[str, str] = field(default_factory=dict)
+    topics: dict[str, str] = field(default_factory=dict)  # ARNs
+    queues: dict[str, str] = field(default_factory=dict)  # URLs
+
+
+def create_resources(
+    template: Template, client: Callable[[str], Any], visibility: Mapping[str, int] | None = None
+) -> Resources:
+    """Create template.yaml's tables (keys, indexes, TTL), topics and queues (redrive
+    policies, retention) with ``client(service)``; ``visibility`` overrides queues' timeouts."""
+    made = Resources()
+    dynamodb = client("dynamodb")
+    for table in template.tables():
+        dynamodb.create_table(**table.create_table_args())
+        if table.ttl_attribute:
+            dynamodb.update_time_to_live(
+                TableName=table.name,
+                TimeToLiveSpecification={"AttributeName": table.ttl_attribute, "Enabled": True},
+            )
+        made.tables[table.logical_id] = table.name
+    for logical_id in template.resources("AWS::SNS::Topic"):
+        topic = client("sns").create_topic(Name=template.name(logical_id))
+        made.topics[logical_id] = topic["TopicArn"]
+    for logical_id in template.queues():
+        props = template.properties(logical_id)
+        attributes = {k: text(props[k]) for k in QUEUE_ATTRIBUTES if k in props}
+        if logical_id in (visibility or {}):
+            attributes["VisibilityTimeout"] = str(visibility[logical_id])  # type: ignore[index]
+        if "RedrivePolicy" in props:
+            attributes["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
+        queue = client("sqs").create_queue(
+            QueueName=template.name(logical_id), Attributes=attributes
+        )
+        made.queues[logical_id] = queue["QueueUrl"]
+    return made
 
 
 def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
@@ -133,7 +139,11 @@ class StackConfig:
     retry_delays: tuple[float, ...] = (1.0, 2.0)  # Lambda waits ~1 and ~2 minutes
     max_concurrency: dict[str, int] = field(default_factory=dict)
     async_retries: dict[str, int] = field(default_factory=dict)  # e.g. StreamMaxRetryAttempts
-    env: dict[str, str] = field(default_factory=dict)  # extra/overridden function environment
+    # template.yaml's parameters, like `sam deploy --parameter-overrides`
+    parameters: dict[str, str] = field(default_factory=dict)
+    # Function environment on top of the template's. A variable the template sets from a
+    # parameter (MIN_FRAME_INTERVAL_MS from MinFrameIntervalMs) overrides that parameter.
+    env: dict[str, str] = field(default_factory=dict)
     extra_functions: list[FunctionSpec] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)  # besides StreamFunction's
     static_dir: Path | None = None  # None: devstack/static
@@ -155,7 +165,10 @@ class LocalStack:
         self.llm_base_url = ""
         self.topic_arn = self.dead_letter_queue_url = self.failed_queue_url = ""
         self.hmac_secret = ""
-        self.tables: dict[str, str] = {}
+        self.tables: dict[str, str] = {}  # by the variable naming it, e.g. FRAMES_TABLE
+        self.resources = Resources()
+        self._templates: dict[str, Template] = {}
+        self._as_written: Template | None = None  # at its parameters' defaults
         self.runtime: Runtime | None = None
         self.gateway: Gateway | None = None
         self.management: ManagementApi | None = None
@@ -165,7 +178,7 @@ class LocalStack:
         self._thread: threading.Thread | None = None
         self._runners: list[web.AppRunner] = []
         self._internal_url = ""
-        self._poller: asyncio.Task[None] | None = None
+        self._pollers: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -263,37 +276,20 @@ class LocalStack:
             pass
 
     def _create_resources(self) -> None:
-        dynamodb = self.client("dynamodb")
-        for env_name, table in TABLES.items():
-            name = f"{PREFIX}-{env_name.removesuffix('_TABLE').lower()}"
-            dynamodb.create_table(
-                TableName=name,
-                BillingMode="PAY_PER_REQUEST",
-                AttributeDefinitions=[
-                    {"AttributeName": k, "AttributeType": t} for k, t, _ in table["keys"]
-                ],
-                KeySchema=[{"AttributeName": k, "KeyType": kind} for k, _, kind in table["keys"]],
-            )
-            dynamodb.update_time_to_live(
-                TableName=name,
-                TimeToLiveSpecification={"AttributeName": table["ttl"], "Enabled": True},
-            )
-            self.tables[env_name] = name
-        self.topic_arn = self.client("sns").create_topic(Name=f"{PREFIX}-prompts")["TopicArn"]
-        sqs = self.client("sqs")
-        self.failed_queue_url = sqs.create_queue(QueueName=f"{PREFIX}-stream-failed")["QueueUrl"]
-        failed_arn = sqs.get_queue_attributes(
-            QueueUrl=self.failed_queue_url, AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
-        self.dead_letter_queue_url = sqs.create_queue(
-            QueueName=f"{PREFIX}-stream-dlq",
-            Attributes={
-                "VisibilityTimeout": str(self.config.dead_letter_visibility),
-                "RedrivePolicy": json.dumps(
-                    {"deadLetterTargetArn": failed_arn, "maxReceiveCount": 5}
-                ),
-            },
-        )["QueueUrl"]
+        template = self.template()
+        mappings = {queue for _, queue, _ in template.event_source_mappings()}
+        self.resources = create_resources(
+            template, self.client, dict.fromkeys(mappings, self.config.dead_letter_visibility)
+        )
+        self.tables = {
+            variable: self.resources.tables[table]
+            for variable, table in template.variables_naming("AWS::DynamoDB::Table").items()
+        }
+        (subscribed,) = {s.topic for s in template.subscriptions()}
+        self.topic_arn = self.resources.topics[subscribed]
+        (dead_letters,) = mappings
+        self.dead_letter_queue_url = self.resources.queues[dead_letters]
+        self.failed_queue_url = self.resources.queues[template.redrive_target(dead_letters) or ""]
         key = (
             self.config.llm_api_key
             or os.environ.get("LLM_API_KEY")
@@ -301,12 +297,12 @@ class LocalStack:
             or "sk-local-dummy-key"
         )
         self.client("secretsmanager").create_secret(
-            Name=self.function_env()["LLM_API_KEY_SECRET"], SecretString=key
+            Name=template.parameters["LlmApiKeySecretName"], SecretString=key
         )
         if self.auth_mode == "hmac":
             self.hmac_secret = os.environ.get("AUTH_HMAC_SECRET") or secrets.token_urlsafe(32)
             self.client("secretsmanager").create_secret(
-                Name=HMAC_SECRET_NAME, SecretString=self.hmac_secret
+                Name=template.parameters["AuthHmacSecretName"], SecretString=self.hmac_secret
             )
 
     def mint_token(self, sub: str = "local-user", ttl: int = 3600) -> str:
@@ -320,123 +316,136 @@ class LocalStack:
             raise RuntimeError("the stack is not running with auth mode 'hmac'")
         return mint_hmac_token(self.hmac_secret, sub, ttl=ttl)
 
-    def function_env(self) -> dict[str, str | None]:
-        """The functions' environment: the template's Globals, then local wiring."""
+    # ------------------------------------------------------------------ template.yaml
+
+    def template(self) -> Template:
+        """template.yaml with this stack's parameters, its resources named and found locally."""
+        key = f"{self.moto_url} {self.llm_base_url}"
+        if key not in self._templates:
+            self._templates[key] = Template(
+                self.config.root / "template.yaml",
+                parameters=self.parameters(),
+                stack_name=PREFIX,
+                region=REGION,
+                account_id=ACCOUNT_ID,
+                endpoint_url=self.moto_url or None,
+            )
+        return self._templates[key]
+
+    def parameters(self) -> dict[str, str]:
+        """The template's parameters as this stack sets them: the stage, the LLM (the mock
+        unless told otherwise), the auth mode, the fan-out, then ``env`` and ``parameters``."""
         cfg = self.config
-        env: dict[str, str | None] = dict(TEMPLATE_DEFAULTS)
-        env.update(
-            {
-                **self.tables,
-                "PROMPT_TOPIC_ARN": self.topic_arn,
-                # DeadLetterFunction's own in the template; here for every function, so that
-                # thread isolation (one process, one settings cache) works too.
-                "FAILED_QUEUE_URL": self.failed_queue_url,
-                "LLM_BASE_URL": self.llm_base_url,
-                "LLM_MODEL": cfg.llm_model
-                or os.environ.get("LLM_MODEL")
-                or TEMPLATE_DEFAULTS["LLM_MODEL"],
-                "AUTH_MODE": self.auth_mode,
-                "AUTH_HMAC_SECRET_NAME": HMAC_SECRET_NAME,
-                "MANAGEMENT_ENDPOINT_TEMPLATE": "http://{domainName}/{stage}",
-                "POWERTOOLS_TRACE_DISABLED": "true",
-                "AWS_XRAY_CONTEXT_MISSING": "IGNORE_ERROR",
-                "AWS_ENDPOINT_URL": self.moto_url,
-                "AWS_REGION": REGION,
-                "AWS_DEFAULT_REGION": REGION,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_SESSION_TOKEN": "testing",
-                "NO_PROXY": "127.0.0.1,localhost",
-                "no_proxy": "127.0.0.1,localhost",
-                # Never a real account or a real key in a local function's environment.
-                "AWS_PROFILE": None,
-                "AWS_DEFAULT_PROFILE": None,
-                "AWS_SECURITY_TOKEN": None,
-                "OPENAI_API_KEY": None,
-                "LLM_API_KEY": None,
-            }
-        )
-        env.update(cfg.env)
+        model = cfg.llm_model or os.environ.get("LLM_MODEL")
+        carried = self._carried()
+        return {
+            "StageName": cfg.stage,
+            "AuthMode": cfg.auth_mode or os.environ.get("AUTH_MODE") or "none",
+            "EnableBedrockFanout": "true" if cfg.bedrock_fanout else "false",
+            **({"LlmModel": model} if model else {}),
+            **({"LlmBaseUrl": self.llm_base_url} if self.llm_base_url else {}),
+            **{carried[k]: v for k, v in cfg.env.items() if k in carried},
+            **cfg.parameters,
+        }
+
+    def _carried(self) -> dict[str, str]:
+        """Variable -> the parameter it carries, read off the template as written."""
+        if self._as_written is None:
+            self._as_written = Template(self.config.root / "template.yaml")
+        return self._as_written.variable_parameters()
+
+    def function_env(self, name: str | None = None) -> dict[str, str | None]:
+        """The environment of function ``name`` (its short name, e.g. ``stream``): the local
+        wiring, then its own from template.yaml, then ``env``. Without a name, the wiring alone,
+        which every function gets (None unsets a variable of this process)."""
+        cfg = self.config
+        env: dict[str, str | None] = {
+            "MANAGEMENT_ENDPOINT_TEMPLATE": "http://{domainName}/{stage}",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "AWS_XRAY_CONTEXT_MISSING": "IGNORE_ERROR",
+            "AWS_ENDPOINT_URL": self.moto_url,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+            # Never a real account or a real key in a local function's environment.
+            "AWS_PROFILE": None,
+            "AWS_DEFAULT_PROFILE": None,
+            "AWS_SECURITY_TOKEN": None,
+            "OPENAI_API_KEY": None,
+            "LLM_API_KEY": None,
+        }
+        if name is not None:
+            function = self.functions()[name]
+            env.update(function.environment)
+            if function.environment.get("LLM_PROVIDER") == "bedrock" and self.mock_bedrock:
+                env["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = self.mock_bedrock.endpoint_url
+        env.update({k: v for k, v in cfg.env.items() if k not in self._carried()})
         return env
+
+    def functions(self) -> dict[str, Function]:
+        """template.yaml's functions that this deployment has, by short name."""
+        return {f.name: f for f in self.template().functions().values()}
 
     @property
     def bedrock_fanout(self) -> bool:
-        """Like the template's BedrockFanout condition: asked for, and not already on Bedrock."""
-        return self.config.bedrock_fanout and self.function_env()["LLM_PROVIDER"] != "bedrock"
-
-    def function_overrides(self, name: str) -> dict[str, str]:
-        """One function's own Environment on top of the Globals, as template.yaml sets it."""
-        if not self.bedrock_fanout:
-            return {}
-        if name == "message":  # clients may pick the Bedrock model; it is routed there
-            allowed = self.function_env()["ALLOWED_MODELS"] or ""
-            return {
-                "ALLOWED_MODELS": ",".join([allowed, BEDROCK_MODEL_ID]),
-                "MODEL_PROVIDERS": f"{BEDROCK_MODEL_ID}=bedrock",
-            }
-        if name == "bedrock-stream":
-            return {
-                "LLM_PROVIDER": "bedrock",
-                "LLM_MODEL": BEDROCK_MODEL_ID,
-                "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": self.mock_bedrock.endpoint_url,
-            }
-        return {}
+        """The template's BedrockFanout condition: asked for, and not already on Bedrock."""
+        return self.template().condition("BedrockFanout")
 
     def models(self) -> list[str]:
         """The models a client may ask for, the default first (what the chat page offers)."""
-        env = {**self.function_env(), **self.function_overrides("message")}
-        default = env["LLM_MODEL"] or ""
-        allowed = [m.strip() for m in (env["ALLOWED_MODELS"] or "").split(",") if m.strip()]
+        env = self.functions()["message"].environment
+        default = env["LLM_MODEL"]
+        allowed = [m.strip() for m in env.get("ALLOWED_MODELS", "").split(",") if m.strip()]
         return [default, *(m for m in allowed if m != default)]
 
     @property
     def auth_mode(self) -> str:
-        return self.config.auth_mode or os.environ.get("AUTH_MODE") or "none"
+        return self.template().parameters["AuthMode"]
 
     def function_specs(self) -> list[FunctionSpec]:
         cfg = self.config
         specs = []
-        for name, defaults in FUNCTIONS.items():
-            code_dir = cfg.root / "functions" / name
-            if name == "authorizer" and self.auth_mode == "none":
-                continue
+        subscribed = {s.function for s in self.template().subscriptions()}
+        for function in self.template().functions().values():
+            name, code_dir = function.name, cfg.root / "functions" / function.folder
             if not (code_dir / "app.py").exists():
-                log.warning("functions/%s/app.py is missing; its routes will fail", name)
+                log.warning("functions/%s/app.py is missing; its routes will fail", function.folder)
                 continue
+            concurrency = 100 if function.logical_id in subscribed else 10
             specs.append(
                 FunctionSpec(
                     name=name,
                     code_dir=code_dir,
                     layers=(cfg.root / "layers" / "stream",),
-                    function_name=f"{PREFIX}-{defaults.logical_id}",
-                    timeout=defaults.timeout,
-                    memory_mb=defaults.memory_mb,
-                    async_retries=cfg.async_retries.get(name, defaults.async_retries),
-                    max_concurrency=cfg.max_concurrency.get(name, 100 if name == "stream" else 10),
-                    env=self.function_overrides(name),
+                    function_name=self.template().name(function.logical_id),
+                    timeout=function.timeout,
+                    memory_mb=function.memory_mb,
+                    async_retries=cfg.async_retries.get(name, function.async_retries),
+                    max_concurrency=cfg.max_concurrency.get(name, concurrency),
+                    env={k: v for k, v in self.function_env(name).items() if v is not None},
                     isolation=cfg.isolation,
-                )
-            )
-        stream = next((s for s in specs if s.name == "stream"), None)
-        if self.bedrock_fanout and stream is not None:  # BedrockStreamFunction: the same code
-            specs.append(
-                replace(
-                    stream,
-                    name="bedrock-stream",
-                    function_name=f"{PREFIX}-BedrockStreamFunction",
-                    max_concurrency=cfg.max_concurrency.get("bedrock-stream", 100),
-                    env=self.function_overrides("bedrock-stream"),
                 )
             )
         return specs + list(cfg.extra_functions)
 
+    def routes(self) -> dict[str, Route]:
+        """The API's routes, to the functions by their short names."""
+        functions = self.template().functions()
+        return {
+            key: Route(key, functions[route.function].name, route.two_way)
+            for key, route in self.template().routes().items()
+        }
+
     def subscriptions(self) -> list[Subscription]:
-        provider = self.function_env()["LLM_PROVIDER"]
-        subscriptions = [Subscription("stream", {STREAM_FILTER_ATTRIBUTE: [provider]})]
-        if self.bedrock_fanout:
-            subscriptions.append(
-                Subscription("bedrock-stream", {STREAM_FILTER_ATTRIBUTE: ["bedrock"]})
-            )
+        functions = self.template().functions()
+        subscriptions = [
+            Subscription(functions[s.function].name, s.filter_policy, s.filter_policy_scope)
+            for s in self.template().subscriptions()
+        ]
         return [*subscriptions, *self.config.subscriptions]
 
     async def _dead_letter(self, inv: Invocation) -> None:
@@ -459,23 +468,25 @@ class LocalStack:
             },
             "responsePayload": inv.error,
         }
+        # A function of the template's has its own destination; an extra one, the stream's.
+        function = self.functions().get(inv.function)
+        destination = function.on_failure if function and function.on_failure else None
+        queue = self.resources.queues[destination] if destination else self.dead_letter_queue_url
         await asyncio.to_thread(
-            self.client("sqs").send_message,
-            QueueUrl=self.dead_letter_queue_url,
-            MessageBody=json.dumps(record),
+            self.client("sqs").send_message, QueueUrl=queue, MessageBody=json.dumps(record)
         )
 
-    async def _consume_dead_letters(self) -> None:
-        """The DeadLetterEventSource mapping: poll the dead-letter queue, hand each batch to the
-        dead-letter function, delete what it settled; the rest comes round again."""
+    async def _consume(self, function: str, queue: str, batch_size: int) -> None:
+        """An SQS event source mapping (DeadLetterEventSource): poll the queue, hand each batch
+        to the function, delete what it settled; the rest comes round again."""
         sqs = self.client("sqs")
-        arn = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{PREFIX}-stream-dlq"
+        url, arn = self.resources.queues[queue], self.template().arn(queue)
         while True:
             try:
                 received = await asyncio.to_thread(
                     sqs.receive_message,
-                    QueueUrl=self.dead_letter_queue_url,
-                    MaxNumberOfMessages=10,
+                    QueueUrl=url,
+                    MaxNumberOfMessages=batch_size,
                     WaitTimeSeconds=1,
                     AttributeNames=["All"],
                 )
@@ -487,17 +498,15 @@ class LocalStack:
                 continue
             event = {"Records": [sqs_record(m, arn) for m in messages]}
             try:
-                result = await self.runtime.invoke("deadletter", event) if self.runtime else None
+                result = await self.runtime.invoke(function, event) if self.runtime else None
             except Exception as exc:  # the whole batch comes round again
-                log.warning("the dead-letter function failed: %s", exc)
+                log.warning("the %s function failed: %s", function, exc)
                 continue
             failed = {f["itemIdentifier"] for f in (result or {}).get("batchItemFailures", [])}
             for message in messages:
                 if message["MessageId"] not in failed:
                     await asyncio.to_thread(
-                        sqs.delete_message,
-                        QueueUrl=self.dead_letter_queue_url,
-                        ReceiptHandle=message["ReceiptHandle"],
+                        sqs.delete_message, QueueUrl=url, ReceiptHandle=message["ReceiptHandle"]
                     )
 
     # ------------------------------------------------------------------ servers (on the loop)
@@ -531,6 +540,7 @@ class LocalStack:
                 auth_enabled=self.auth_mode != "none",
                 post_latency=cfg.post_latency,
                 throttle_every=cfg.throttle_every,
+                routes=self.routes(),
             ),
             self.runtime.invoke,
         )
@@ -544,8 +554,12 @@ class LocalStack:
         self.management_url = f"http://{cfg.host}:{ws_port}/{cfg.stage}"
         self.http_url = f"http://{cfg.host}:{await self._serve(self._page_app(), cfg.http_port)}/"
         await self.runtime.start(self._internal_url, prewarm=cfg.prewarm)
-        if "deadletter" in self.runtime.specs:
-            self._poller = asyncio.get_running_loop().create_task(self._consume_dead_letters())
+        functions = self.template().functions()
+        for function, queue, props in self.template().event_source_mappings():
+            name = functions[function].name
+            if name in self.runtime.specs:
+                poll = self._consume(name, queue, int(props.get("BatchSize", 10)))
+                self._pollers.append(asyncio.get_running_loop().create_task(poll))
 
     def _page_app(self) -> web.Application:
         static = self.config.static_dir or Path(__file__).resolve().parent / "static"
@@ -577,9 +591,9 @@ class LocalStack:
         return app
 
     async def _astop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+        for poller in self._pollers:
+            poller.cancel()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
         if self.gateway is not None:
             for conn in list(self.gateway.connections.values()):
                 conn.close_soon(1001, "Going away")

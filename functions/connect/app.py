@@ -4,28 +4,28 @@ A client that sent its token as the subprotocol pair ``bearer, <token>`` gets ``
 in Sec-WebSocket-Protocol; without that echo its browser would drop the connection.
 """
 
-from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from llmstream.auth import chosen_subprotocol
 from llmstream.connections.table import add_connection
 from llmstream.core.clients import aws
 from llmstream.core.observability import logger, tracer
 from llmstream.core.settings import get_settings
 
-settings = get_settings()
+settings = get_settings().require("connections_table")
 
 
 @logger.inject_lambda_context(log_event=False)  # the query string may hold a token
 @tracer.capture_lambda_handler
-@event_source(data_class=APIGatewayProxyEvent)
-def lambda_handler(event: APIGatewayProxyEvent, context):
+@event_source(data_class=APIGatewayWebSocketEvent)
+def lambda_handler(event: APIGatewayWebSocketEvent, context):
     ctx = event.request_context
-    authorizer = event.raw_event["requestContext"].get("authorizer") or {}
+    authorizer = ctx.raw_event.get("authorizer") or {}
     logger.append_keys(connection_id=ctx.connection_id)
     add_connection(
         aws("dynamodb"),
         settings.connections_table,
         connection_id=ctx.connection_id,
-        connected_at_ms=int(event.raw_event["requestContext"]["connectedAt"]),
+        connected_at_ms=int(ctx.connected_at),
         source_ip=ctx.identity.source_ip,
         ttl_seconds=settings.connection_ttl_seconds,
         principal_id=authorizer.get("principalId"),

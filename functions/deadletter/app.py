@@ -23,14 +23,14 @@ from llmstream.core.observability import logger, metrics, tracer
 from llmstream.core.settings import get_settings
 from llmstream.deadletter.notify import TryLater, notify_dead_letter
 
-settings = get_settings()
+settings = get_settings().require("connections_table", "frames_table", "failed_queue_url")
 # A held message is no error of the function: it goes back to the queue, even when alone.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-def _connection(envelope):
-    endpoint = settings.management_endpoint(envelope.domain_name, envelope.stage)
-    return Connection(management_client(endpoint), envelope.connection_id)
+def _connection(address):
+    endpoint = settings.management_endpoint(address.domain_name, address.stage)
+    return Connection(management_client(endpoint), address.connection_id)
 
 
 def settle_one(record: SQSRecord) -> str:

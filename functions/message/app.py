@@ -8,16 +8,17 @@ This function never imports the LLM client.
 import time
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent, event_source
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from llmstream.core.clients import aws
+from llmstream.core.envelope import Address
 from llmstream.core.observability import logger, metrics, tracer
 from llmstream.core.protocol import encode
 from llmstream.core.settings import get_settings
 from llmstream.intake.accept import Caller, accept_message, publish_prompt
 from llmstream.intake.limits import ConnectionLimits
-from llmstream.requests.record import RequestControl
+from llmstream.requests.lifecycle import Requests
 
-settings = get_settings()
+settings = get_settings().require("connections_table", "frames_table", "prompt_topic_arn")
 
 
 def _publish(envelope):
@@ -35,25 +36,23 @@ def _limits():
     )
 
 
-def _control():
-    """The frames table's control items: what makes answers cancellable and resumable."""
-    return RequestControl(aws("dynamodb"), settings.frames_table) if settings.frames_table else None
+def _requests():
+    """The request records: what makes answers cancellable, resumable and delivered once."""
+    return Requests.of(aws("dynamodb"), settings)
 
 
 @metrics.log_metrics
 @logger.inject_lambda_context(log_event=False)  # the body holds the prompt
 @tracer.capture_lambda_handler
-@event_source(data_class=APIGatewayProxyEvent)
-def lambda_handler(event: APIGatewayProxyEvent, context):
-    ctx = event.raw_event["requestContext"]
+@event_source(data_class=APIGatewayWebSocketEvent)
+def lambda_handler(event: APIGatewayWebSocketEvent, context):
+    ctx = event.request_context
     caller = Caller(
-        connection_id=ctx["connectionId"],
-        domain_name=ctx["domainName"],
-        stage=ctx["stage"],
-        request_id=ctx["requestId"],
-        principal_id=(ctx.get("authorizer") or {}).get("principalId"),
+        address=Address(ctx.connection_id, ctx.domain_name, ctx.stage),
+        request_id=ctx.request_id,
+        principal_id=(ctx.raw_event.get("authorizer") or {}).get("principalId"),
     )
-    logger.append_keys(connection_id=caller.connection_id, route=ctx.get("routeKey"))
+    logger.append_keys(connection_id=caller.connection_id, route=ctx.route_key)
     frame = accept_message(
         event.body,
         caller,
@@ -61,7 +60,7 @@ def lambda_handler(event: APIGatewayProxyEvent, context):
         _publish,
         now_ms=int(time.time() * 1000),
         limits=_limits(),
-        control=_control(),
+        requests=_requests(),
     )
     logger.append_keys(request_id=frame["requestId"])
     if frame["type"] == "accepted":

@@ -16,7 +16,7 @@ from llmstream.core.settings import get_settings
 from llmstream.stream.providers import build_provider
 from llmstream.stream.worker import run_prompt
 
-settings = get_settings()
+settings = get_settings().require("connections_table", "frames_table", "conversations_table")
 
 
 def _provider(name: str | None = None):
@@ -42,9 +42,9 @@ def _provider_for(envelope):
     return _provider(envelope.provider)
 
 
-def _connection(envelope):
-    endpoint = settings.management_endpoint(envelope.domain_name, envelope.stage)
-    return Connection(management_client(endpoint), envelope.connection_id)
+def _connection(address):
+    endpoint = settings.management_endpoint(address.domain_name, address.stage)
+    return Connection(management_client(endpoint), address.connection_id)
 
 
 @metrics.log_metrics

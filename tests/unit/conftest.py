@@ -15,6 +15,26 @@ from devstack.mock_llm import MockLLM
 
 API_DOMAIN = "abc123def4.execute-api.us-east-1.amazonaws.com"
 SECRET_NAME = "llm-stream/openai-api-key"
+TABLES = {
+    "connections": [("connectionId", "S", "HASH")],
+    "frames": [("requestId", "S", "HASH"), ("seq", "N", "RANGE")],
+    "conversations": [("conversationId", "S", "HASH"), ("turn", "N", "RANGE")],
+}
+"""The tables the functions require, keyed as template.yaml declares them."""
+
+
+def create_tables(dynamodb: Any) -> None:
+    """Every table of TABLES that does not exist yet."""
+    existing = set(dynamodb.list_tables()["TableNames"])
+    for name, keys in TABLES.items():
+        if name in existing:
+            continue
+        dynamodb.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": k, "KeyType": kind} for k, _, kind in keys],
+            AttributeDefinitions=[{"AttributeName": k, "AttributeType": t} for k, t, _ in keys],
+            BillingMode="PAY_PER_REQUEST",
+        )
 
 
 @dataclass
@@ -52,12 +72,7 @@ def mock_llm() -> Iterator[MockLLM]:
 def aws(monkeypatch) -> Iterator[Aws]:
     with mock_aws():
         dynamodb = boto3.client("dynamodb")
-        dynamodb.create_table(
-            TableName="connections",
-            KeySchema=[{"AttributeName": "connectionId", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "connectionId", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_tables(dynamodb)
         sns = boto3.client("sns")
         topic_arn = sns.create_topic(Name="prompts")["TopicArn"]
         sqs = boto3.client("sqs")
@@ -69,6 +84,8 @@ def aws(monkeypatch) -> Iterator[Aws]:
         boto3.client("secretsmanager").create_secret(Name=SECRET_NAME, SecretString="sk-test")
         for key, value in {
             "CONNECTIONS_TABLE": "connections",
+            "FRAMES_TABLE": "frames",
+            "CONVERSATIONS_TABLE": "conversations",
             "PROMPT_TOPIC_ARN": topic_arn,
             "LLM_API_KEY_SECRET": SECRET_NAME,
             "LLM_MODEL": "gpt-4o-mini",

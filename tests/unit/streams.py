@@ -13,18 +13,11 @@ from moto.apigatewaymanagementapi.models import (
 
 from tests.conftest import load_event, load_handler
 
-IDEMPOTENCY_TABLE = "idempotency"
+FRAMES_TABLE = "frames"
 
 
 def prepare_stream_env(aws, mock_llm, monkeypatch):
     """The stream function's world: the tables, the mock LLM, no batching delay."""
-    aws.dynamodb.create_table(
-        TableName=IDEMPOTENCY_TABLE,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    monkeypatch.setenv("IDEMPOTENCY_TABLE", IDEMPOTENCY_TABLE)
     monkeypatch.setenv("LLM_BASE_URL", mock_llm.base_url)
     monkeypatch.setenv("MIN_FRAME_INTERVAL_MS", "0")
     mock_llm.reset()

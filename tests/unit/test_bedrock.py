@@ -12,11 +12,12 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from llmstream.core.envelope import PromptEnvelope
+from llmstream.requests.record import Status
 from llmstream.stream.providers import bedrock
 from llmstream.stream.providers.base import Chunk, LLMError, LLMTimeout, retry_before_first_token
 from llmstream.stream.providers.bedrock import BedrockProvider, bedrock_client
 from llmstream.stream.sender import FrameSender
-from llmstream.stream.streaming import Outcome, stream_answer
+from llmstream.stream.streaming import stream_answer
 
 from devstack.mock_bedrock import MockBedrock, Reply, answer, event, exception
 
@@ -253,7 +254,7 @@ def test_the_provider_streams_start_deltas_and_end_with_usage_through_stream_ans
     assert "".join(f["text"] for f in frames if f["type"] == "delta") == "Hello, world."
     assert frames[-1]["type"] == "end" and frames[-1]["finishReason"] == "stop"
     assert frames[-1]["usage"] == {"inputTokens": 20, "outputTokens": 4}
-    assert result.outcome == Outcome.COMPLETED
+    assert result.outcome == Status.COMPLETED
     assert mock_bedrock.requests[-1].body["system"] == [{"text": "Be brief."}]
 
 
@@ -277,7 +278,7 @@ def test_a_model_error_mid_answer_reaches_the_client_as_an_llm_error_frame(mock_
     assert [f["type"] for f in frames][0] == "start" and frames[-1]["type"] == "error"
     assert frames[-1]["code"] == "llm_error" and SECRET not in json.dumps(frames[-1])
     assert "".join(f["text"] for f in frames if f["type"] == "delta") == "one two "
-    assert result.outcome == Outcome.LLM_ERROR
+    assert result.outcome == Status.LLM_ERROR
 
 
 def test_an_unreachable_endpoint_is_a_retryable_llm_error():

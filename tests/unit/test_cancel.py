@@ -1,4 +1,4 @@
-"""Cancel: the message, the control item, and a stream that stops within one frame once the
+"""Cancel: the message, the request record, and a stream that stops within one frame once the
 stream function sees it (a scripted model, the real frame sender, moto DynamoDB, the mock LLM)."""
 
 from __future__ import annotations
@@ -13,19 +13,20 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from llmstream.core import protocol
+from llmstream.core import protocol, schema
 from llmstream.core.envelope import PromptEnvelope
 from llmstream.core.protocol import Cancel, ErrorCode, Limits, ProtocolError, parse_client_message
+from llmstream.requests.record import Status
 from llmstream.stream.providers.base import Chunk
 from llmstream.stream.sender import FrameSender
 from llmstream.stream.signals import Signal
-from llmstream.stream.streaming import Outcome, StreamLimits, stream_answer
+from llmstream.stream.streaming import StreamLimits, stream_answer
 from moto import mock_aws
 
 from tests.conftest import load_event, load_handler
 from tests.unit.test_sessions_core import FRAMES, World, create_session_tables, prompt, settings
 
-CLIENT_MESSAGE = {"$ref": "#/$defs/clientMessage", "$defs": protocol.SCHEMA["$defs"]}
+CLIENT_MESSAGE = {"$ref": "#/$defs/clientMessage", "$defs": schema.SCHEMA["$defs"]}
 ENVELOPE = PromptEnvelope(
     "r", "c", "h.example.com", "prod", ({"role": "user", "content": "count"},), "m", "openai", 100
 )
@@ -105,7 +106,7 @@ def test_once_the_cancel_is_seen_at_most_one_more_delta_frame_is_posted_then_end
     sender = FrameSender(slow_post, "r", min_interval=0)
     result = stream_answer(ENVELOPE, model, sender, cancelled=cancelled)
 
-    assert result.outcome == Outcome.CANCELLED and model.closed
+    assert result.outcome == Status.CANCELLED and model.closed
     assert posted[-1] == protocol.end_frame("r", "cancelled")
     after = [f for f in posted[seen_at[0] :] if f["type"] == "delta"]
     assert len(after) <= 2, "more than the frame in flight and the one being assembled"
@@ -118,7 +119,7 @@ def test_a_cancel_before_the_model_was_called_ends_the_answer_without_calling_it
     model = ScriptedModel(10)
     sender = FrameSender(lambda data: posted.append(json.loads(data)), "r", min_interval=0)
     result = stream_answer(ENVELOPE, model, sender, cancelled=lambda: True)
-    assert result.outcome == Outcome.CANCELLED and model.calls == 0
+    assert result.outcome == Status.CANCELLED and model.calls == 0
     assert [f["type"] for f in posted] == ["start", "end"]
     assert posted[-1]["finishReason"] == "cancelled"
 
@@ -134,7 +135,7 @@ def test_a_cancelled_answer_is_kept_in_the_conversation_as_far_as_it_went():
         cancelled=lambda: sender.stats.deltas >= 5,
         before_end=lambda outcome, text: turns.append((outcome, text)),
     )
-    assert turns == [(Outcome.CANCELLED, "t0 t1 t2 t3 t4 ")]
+    assert turns == [(Status.CANCELLED, "t0 t1 t2 t3 t4 ")]
 
 
 @pytest.fixture(params=["openai", "bedrock"])
@@ -178,7 +179,7 @@ def test_a_cancel_while_the_model_stalls_ends_the_answer_at_once_not_at_the_stal
         envelope, provider, sender, cancelled=cancellation, limits=StreamLimits(read_timeout=20)
     )
 
-    assert result.outcome == Outcome.CANCELLED and cancellation.acted
+    assert result.outcome == Status.CANCELLED and cancellation.acted
     assert [f["type"] for f in posted] == ["start", *["delta"] * (len(posted) - 2), "end"]
     assert "".join(f["text"] for f in posted if f["type"] == "delta") == "t0 t1 "
     assert posted[-1]["finishReason"] == "cancelled"
@@ -219,7 +220,7 @@ def test_a_client_that_leaves_while_the_model_stalls_ends_the_stream_at_once(sta
     # Without the probe and the abort this would wait out the 20 s read timeout.
     result = stream_answer(envelope, provider, sender, limits=StreamLimits(read_timeout=20))
 
-    assert result.outcome == Outcome.GONE
+    assert result.outcome == Status.GONE
     assert [f["type"] for f in posted] == ["start", *["delta"] * (len(posted) - 1)]
     assert "".join(f["text"] for f in posted if f["type"] == "delta") == "t0 t1 "
     if mock is not None:
@@ -247,7 +248,7 @@ def test_a_cancel_that_comes_after_the_answer_changes_nothing():
     sender = FrameSender(lambda data: posted.append(json.loads(data)), "r", min_interval=0)
     result = stream_answer(ENVELOPE, ScriptedModel(3), sender, cancelled=cancellation)
     cancellation.set()
-    assert result.outcome == Outcome.COMPLETED and not cancellation.acted
+    assert result.outcome == Status.COMPLETED and not cancellation.acted
     assert posted[-1]["type"] == "end" and posted[-1]["finishReason"] == "stop"
 
 
@@ -268,7 +269,7 @@ def test_a_cancel_stops_the_model_within_one_poll_and_settles_the_request(world:
     record = world.mock_llm.requests[-1]
     assert world.mock_llm.wait_for(lambda: record.client_closed, timeout=5)
     assert record.tokens_sent < 400
-    assert world.control.read("anon#stop-me").status == "cancelled"
+    assert world.requests.read("anon#stop-me").status == Status.CANCELLED
     again = world.send("conn-a", action="cancel", requestId="stop-me")  # it is over now
     assert again["code"] == "not_found"
 
@@ -327,10 +328,13 @@ def test_the_cancel_event_for_nothing_in_progress_is_not_found(session_aws, lamb
     assert session_aws.published() == []
 
 
-def test_without_a_frames_table_cancel_and_resume_find_nothing(aws, lambda_context):
-    handler = load_handler("message")
-    handler.lambda_handler(load_event("send-message.json"), lambda_context)
-    for event in ("cancel.json", "resume.json"):
-        assert answer(handler.lambda_handler(load_event(event), lambda_context))["code"] == (
-            "not_found"
-        )
+@pytest.mark.parametrize("function", ["message", "stream", "deadletter"])
+def test_a_function_without_its_frames_table_fails_at_cold_start_naming_it(
+    aws, monkeypatch, function
+):
+    from llmstream.core.settings import ConfigurationError
+
+    monkeypatch.delenv("FRAMES_TABLE")
+    monkeypatch.setenv("FAILED_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/failed")
+    with pytest.raises(ConfigurationError, match="FRAMES_TABLE"):
+        load_handler(function)

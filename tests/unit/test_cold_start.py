@@ -36,7 +36,8 @@ def probe() -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_importing_the_stream_handler_does_not_import_openai_until_the_first_invocation():
+def test_importing_the_stream_handler_does_not_import_openai_until_the_first_invocation(aws):
+    """(``aws`` sets the environment the handler requires; the probe runs in a subprocess.)"""
     seen = probe()
     assert seen["at_import"] == [], "the LLM client must not be imported during init"
     assert "openai" in seen["after_first"], "the first invocation builds the client"

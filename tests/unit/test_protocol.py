@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from llmstream.core import protocol
+from llmstream.core import protocol, schema
 from llmstream.core.protocol import (
     ErrorCode,
     Limits,
@@ -18,8 +18,8 @@ from llmstream.core.protocol import (
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(max_prompt_bytes=100, max_messages=3, default_model="m1", allowed_models=("m2",))
-SERVER_FRAME = {"$ref": "#/$defs/serverFrame", "$defs": protocol.SCHEMA["$defs"]}
-CLIENT_MESSAGE = {"$ref": "#/$defs/clientMessage", "$defs": protocol.SCHEMA["$defs"]}
+SERVER_FRAME = {"$ref": "#/$defs/serverFrame", "$defs": schema.SCHEMA["$defs"]}
+CLIENT_MESSAGE = {"$ref": "#/$defs/clientMessage", "$defs": schema.SCHEMA["$defs"]}
 
 
 def parse(body):
@@ -172,7 +172,7 @@ def test_messages_the_parser_accepts_match_the_client_schema():
 
 def test_the_schema_in_docs_is_generated_from_the_code():
     published = json.loads((ROOT / "docs" / "protocol.schema.json").read_text())
-    assert published == protocol.SCHEMA, "run `make schema` to regenerate docs/protocol.schema.json"
+    assert published == schema.SCHEMA, "run `make schema` to regenerate docs/protocol.schema.json"
 
 
 def test_frames_are_compact_utf8_json():

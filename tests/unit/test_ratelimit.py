@@ -48,23 +48,36 @@ def test_a_connection_over_its_requests_per_minute_is_rate_limited_and_nothing_i
 
 
 def test_the_per_minute_window_starts_afresh_the_next_minute(aws):
-    count = lambda now: ratelimit.count_request(  # noqa: E731
-        aws.dynamodb,
-        aws.table,
-        connection_id="c1",
-        principal_id=None,
-        per_connection=2,
-        per_principal=0,
-        now_s=now,
-    )
+    limits = ratelimit.ConnectionLimits(aws.dynamodb, aws.table, 2, 0, 0, connection_ttl_s=7200)
+    count = lambda now: limits.count("c1", None, now)  # noqa: E731
     minute = 1_750_000_020
     assert [count(minute), count(minute + 1)] == [None, None]
     assert count(minute + 2).limit == "connection_rate"
     assert count(minute + 60) is None
+    item = aws.dynamodb.get_item(TableName=aws.table, Key={"connectionId": {"S": "c1"}})["Item"]
+    # The counters live on the connection's item, which expires through the table's TTL.
+    assert int(item["expiresAt"]["N"]) > minute + 60
+    assert item[f"rate{minute // 60 + 1}"]["N"] == "1"
+
+
+def test_a_refused_message_costs_nothing_and_an_id_in_use_is_a_bad_request(
+    aws, lambda_context, monkeypatch
+):
+    """A request id in use is the client's mistake, whatever the limits say, and a refusal
+    leaves the counters as they were."""
+    monkeypatch.setenv("RATE_LIMIT_PER_MINUTE", "3")
+    first = message_event("#mock tokens=1")
+    assert send(first, lambda_context)["type"] == "accepted"  # takes the one stream slot
+    again = send(first, lambda_context)  # the same requestId, on the same connection
+    assert again["code"] == "bad_request" and "requestId" in again["message"]
+    refused = send(message_event(), lambda_context)  # the slot is taken
+    assert refused["code"] == "rate_limited"
     item = aws.dynamodb.get_item(
-        TableName=aws.table, Key={"connectionId": {"S": f"rate#connection#c1#{minute // 60}"}}
+        TableName=aws.table, Key={"connectionId": {"S": "Kx3vYdqgoAMCJyQ="}}
     )["Item"]
-    assert int(item["expiresAt"]["N"]) > minute + 60  # counters expire through the table's TTL
+    counts = [v["N"] for k, v in item.items() if k.startswith("rate")]
+    assert counts == ["1"] and item["activeStreams"]["N"] == "1"
+    assert len(aws.published()) == 1
 
 
 def test_one_principal_over_its_limit_is_refused_on_every_connection(
@@ -163,10 +176,10 @@ def test_a_limit_of_zero_turns_the_limit_off(aws, lambda_context, monkeypatch):
 
 
 def test_a_slot_whose_stream_never_ran_is_presumed_lost_after_half_an_hour(aws):
+    limits = ratelimit.ConnectionLimits(aws.dynamodb, aws.table, 0, 0, 1, connection_ttl_s=7200)
+
     def acquire(now):
-        return slots.acquire_stream(
-            aws.dynamodb, aws.table, connection_id="c=", limit=1, now_s=now, expires_at=now + 7200
-        )
+        return limits.admit("c=", None, now)
 
     start = 1_750_000_000
     assert acquire(start) is None  # its SNS delivery will end in the dead-letter queue
@@ -181,17 +194,15 @@ def test_the_slot_is_free_before_the_end_frame_leaves(
     stream_env, closed, lambda_context, monkeypatch
 ):
     """A client that sends its next prompt the moment it sees `end` is never refused."""
-    from llmstream.stream import worker
-
     connection_id = "Kx3vYdqgoAMCJyQ="
     seen_at_release: list[list[str]] = []
-    real_release = worker.release_stream
+    real_release = slots.release_stream
 
     def release(dynamodb, table, cid):
         seen_at_release.append([f["type"] for f in frames_posted(cid)])
         return real_release(dynamodb, table, cid)
 
-    monkeypatch.setattr(worker, "release_stream", release)
+    monkeypatch.setattr(slots, "release_stream", release)
     load_handler("connect").lambda_handler(load_event("connect.json"), lambda_context)
     send(message_event("#mock tokens=3 rate=0"), lambda_context)
     [notification] = stream_env.published()

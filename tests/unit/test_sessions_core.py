@@ -15,8 +15,9 @@ import boto3
 import jsonschema
 import pytest
 from llmstream.apigw.connection import ConnectionGone, Throttled
-from llmstream.core import protocol
+from llmstream.core import protocol, schema
 from llmstream.core.envelope import (
+    Address,
     InvalidEnvelope,
     PromptEnvelope,
     ResumeEnvelope,
@@ -26,27 +27,29 @@ from llmstream.core.envelope import (
 from llmstream.core.protocol import ErrorCode, Limits, ProtocolError, Resume, parse_client_message
 from llmstream.core.settings import Settings
 from llmstream.intake.accept import Caller, accept_message
+from llmstream.intake.limits import ConnectionLimits
+from llmstream.requests.frames import CHUNK_BYTES, StoredFrames
 from llmstream.requests.history import Conversations, estimate_tokens
-from llmstream.requests.record import (
-    CHUNK_BYTES,
+from llmstream.requests.lifecycle import (
     Attached,
+    NewRequest,
     Refused,
     Replay,
-    RequestControl,
-    Status,
-    Target,
-    owner_key,
+    Requests,
+    Taken,
 )
+from llmstream.requests.record import Status, owner_key
 from llmstream.stream.providers.openai import OpenAIProvider, openai_client
 from llmstream.stream.relay import Relay
 from llmstream.stream.worker import run_prompt
 from moto import mock_aws
 
 from tests.conftest import load_event, load_handler
+from tests.unit.conftest import create_tables
 
 API_DOMAIN = "abc123def4.execute-api.us-east-1.amazonaws.com"
-FRAMES, CONVERSATIONS, IDEMPOTENCY = "frames", "conversations", "idempotency"
-CLIENT_MESSAGE = {"$ref": "#/$defs/clientMessage", "$defs": protocol.SCHEMA["$defs"]}
+FRAMES, CONVERSATIONS = "frames", "conversations"
+CLIENT_MESSAGE = {"$ref": "#/$defs/clientMessage", "$defs": schema.SCHEMA["$defs"]}
 
 
 def tokens(n: int, start: int = 0) -> str:
@@ -57,18 +60,9 @@ def tokens(n: int, start: int = 0) -> str:
 
 
 def create_session_tables(dynamodb: Any) -> None:
-    """The frames, conversations and idempotency tables, keyed as template.yaml declares them."""
-    for name, keys in {
-        FRAMES: [("requestId", "S", "HASH"), ("seq", "N", "RANGE")],
-        CONVERSATIONS: [("conversationId", "S", "HASH"), ("turn", "N", "RANGE")],
-        IDEMPOTENCY: [("id", "S", "HASH")],
-    }.items():
-        dynamodb.create_table(
-            TableName=name,
-            KeySchema=[{"AttributeName": k, "KeyType": kind} for k, _, kind in keys],
-            AttributeDefinitions=[{"AttributeName": k, "AttributeType": t} for k, t, _ in keys],
-            BillingMode="PAY_PER_REQUEST",
-        )
+    """The frames and conversations tables (and the connections table), as template.yaml has
+    them."""
+    create_tables(dynamodb)
 
 
 @pytest.fixture
@@ -136,14 +130,14 @@ class World:
     published: list[Any] = field(default_factory=list)
 
     @property
-    def control(self) -> RequestControl:
-        return RequestControl(self.dynamodb, FRAMES)
+    def requests(self) -> Requests:
+        return Requests.of(self.dynamodb, self.settings)
 
     def connection(self, connection_id: str, **options: Any) -> FakeConnection:
         return self.connections.setdefault(connection_id, FakeConnection(connection_id, **options))
 
     def caller(self, connection_id: str, principal: str | None = None) -> Caller:
-        return Caller(connection_id, API_DOMAIN, "prod", f"gw-{connection_id}", principal)
+        return Caller(Address(connection_id, API_DOMAIN, "prod"), f"gw-{connection_id}", principal)
 
     def send(self, connection_id: str, principal: str | None = None, **body: Any) -> dict:
         """What the message function answers to ``body`` from ``connection_id``."""
@@ -153,7 +147,8 @@ class World:
             self.settings,
             self.published.append,
             now_ms=int(time.time() * 1000),
-            control=self.control,
+            limits=ConnectionLimits(self.dynamodb, "connections", 0, 0, 0, 7200),  # limits off
+            requests=self.requests,
         )
 
     def stream(self, message: Any = None) -> Any:
@@ -163,7 +158,7 @@ class World:
             (message or self.published[-1]).to_json(),
             settings=self.settings,
             provider=lambda _envelope: provider,
-            connection=lambda envelope: self.connection(envelope.connection_id),
+            connection=lambda address: self.connection(address.connection_id),
             remaining_time=lambda: 900.0,
             dynamodb=self.dynamodb,
         )
@@ -171,9 +166,9 @@ class World:
 
 def settings(**changes: Any) -> Settings:
     return Settings(
+        connections_table="connections",
         frames_table=FRAMES,
         conversations_table=CONVERSATIONS,
-        idempotency_table=IDEMPOTENCY,
         llm_base_url="unused",
         system_prompt="sys",
         min_frame_interval=0.0,
@@ -351,7 +346,7 @@ def test_keep_open_leaves_the_connection_open_after_end_and_closes_it_otherwise(
     assert world.connections["conn-shut"].closed
 
 
-# --------------------------------------------------------------------------- control items
+# --------------------------------------------------------------------------- request records
 
 
 def test_a_request_id_in_use_or_used_lately_is_refused_and_nothing_is_published(world):
@@ -363,92 +358,72 @@ def test_a_request_id_in_use_or_used_lately_is_refused_and_nothing_is_published(
     assert world.send("conn-c", "carol", **prompt("same", "#mock tokens=1"))["type"] == "accepted"
 
 
-def test_an_expired_control_item_counts_as_absent(dynamodb):
+def test_an_expired_request_record_counts_as_absent(dynamodb):
     clock = [1_000.0]
-    control = RequestControl(dynamodb, FRAMES, clock=lambda: clock[0])
-    target = Target("c", API_DOMAIN, "prod")
-    options = {"request_id": "r", "owner": None, "target": target, "resumable": True}
-    assert control.create("anon#r", **options, keep_open=False, expires_at=1_100)
-    assert not control.create("anon#r", **options, keep_open=False, expires_at=1_100)
+    requests = Requests(dynamodb, FRAMES, ttl_seconds=100, clock=lambda: clock[0])
+    new = NewRequest("r", Address("c", API_DOMAIN, "prod"), resumable=True)
+    assert requests.register("anon#r", new)
+    assert not requests.register("anon#r", new)
     clock[0] = 1_101
-    assert control.read("anon#r") is None
-    assert control.create("anon#r", **options, keep_open=False, expires_at=1_300)
+    assert requests.read("anon#r") is None
+    assert requests.register("anon#r", new)
 
 
 def test_a_resume_is_refused_for_someone_else_a_plain_request_or_a_dead_stream(dynamodb):
     clock = [1_000.0]
-    control = RequestControl(dynamodb, FRAMES, clock=lambda: clock[0])
-    target = Target("b", API_DOMAIN, "prod")
+    requests = Requests(dynamodb, FRAMES, lease=30, ttl_seconds=4_000, clock=lambda: clock[0])
+    target = Address("b", API_DOMAIN, "prod")
     for key, owner, resumable in [("p:alice#r", "alice", True), ("anon#plain", None, False)]:
-        control.create(
-            key,
-            request_id="r",
-            owner=owner,
-            target=Target("a", API_DOMAIN, "prod"),
-            resumable=resumable,
-            keep_open=False,
-            expires_at=5_000,
-        )
+        new = NewRequest("r", Address("a", API_DOMAIN, "prod"), owner, resumable=resumable)
+        requests.register(key, new)
     # The key is scoped to the principal, so bob finds nothing, not even that it exists.
-    assert control.attach_client(
-        owner_key("bob", "r"), principal_id="bob", target=target, after_seq=-1
+    assert requests.attach(
+        owner_key("bob", "r"), principal_id="bob", address=target, after_seq=-1
     ) == Refused("not_found")
     # Defence in depth: an item whose owner differs from the caller is not found either.
-    assert control.attach_client(
-        "p:alice#r", principal_id="mallory", target=target, after_seq=-1
+    assert requests.attach(
+        "p:alice#r", principal_id="mallory", address=target, after_seq=-1
     ) == Refused("not_found")
-    assert control.attach_client(
-        "anon#plain", principal_id=None, target=target, after_seq=-1
+    assert requests.attach(
+        "anon#plain", principal_id=None, address=target, after_seq=-1
     ) == Refused("not_resumable")
-    assert control.begin("p:alice#r", lease=30).status == "streaming"
+    claim = requests.claim("p:alice#r", NewRequest("r", Address("a", API_DOMAIN, "prod")))
+    assert claim.taken is Taken.CLAIMED and claim.request.status == "streaming"
     clock[0] += 31  # the streaming invocation stopped renewing its lease: it died
-    assert control.attach_client(
-        "p:alice#r", principal_id="alice", target=target, after_seq=-1
+    assert requests.attach(
+        "p:alice#r", principal_id="alice", address=target, after_seq=-1
     ) == Refused("interrupted")
 
 
 def test_a_live_request_is_attached_and_a_finished_one_is_replayed_once(dynamodb):
-    control = RequestControl(dynamodb, FRAMES)
-    target = Target("b", API_DOMAIN, "prod")
-    control.create(
-        "anon#r",
-        request_id="r",
-        owner=None,
-        target=Target("a", API_DOMAIN, "prod"),
-        resumable=True,
-        keep_open=False,
-        expires_at=2**40,
-    )
-    control.begin("anon#r")
-    assert control.attach_client("anon#r", principal_id=None, target=target, after_seq=3) == (
-        Attached()
-    )
-    state = control.read("anon#r")
-    assert (state.target, state.after_seq, state.attach) == (target, 3, 1)
+    requests = Requests(dynamodb, FRAMES)
+    target = Address("b", API_DOMAIN, "prod")
+    new = NewRequest("r", Address("a", API_DOMAIN, "prod"), resumable=True)
+    requests.register("anon#r", new)
+    requests.claim("anon#r", new)
+    assert requests.attach("anon#r", principal_id=None, address=target, after_seq=3) == (Attached())
+    state = requests.read("anon#r")
+    assert (state.address, state.after_seq, state.attach) == (target, 3, 1)
     # The stream function settles only if it has seen every resume (attach 1 here).
-    assert not control.settle(
-        "anon#r", status=Status.DONE, attach=0, last_seq=9, final=None, expires_at=2**40
+    assert not requests.settle("anon#r", status=Status.COMPLETED, attach=0, last_seq=9, final=None)
+    assert requests.settle(
+        "anon#r", status=Status.COMPLETED, attach=1, last_seq=9, final={"type": "end"}
     )
-    assert control.settle(
-        "anon#r", status=Status.DONE, attach=1, last_seq=9, final={"type": "end"}, expires_at=2**40
-    )
-    assert control.attach_client("anon#r", principal_id=None, target=target, after_seq=5) == (
-        Replay(2)
-    )
-    assert control.claim_replay("anon#r", 2)
-    assert not control.claim_replay("anon#r", 2)  # a duplicate delivery of the same resume
-    assert not control.claim_replay("anon#r", 1)  # a stale one
+    assert requests.attach("anon#r", principal_id=None, address=target, after_seq=5) == (Replay(2))
+    assert requests.claim_replay("anon#r", 2)
+    assert not requests.claim_replay("anon#r", 2)  # a duplicate delivery of the same resume
+    assert not requests.claim_replay("anon#r", 1)  # a stale one
 
 
 def test_frames_are_stored_a_few_to_an_item_and_read_back_in_order(dynamodb):
-    control = RequestControl(dynamodb, FRAMES)
+    frames = StoredFrames(dynamodb, FRAMES)
     texts = [f"t{i} " for i in range(300)] + ["x" * 30_000] * 5 + ["é", "end"]
-    items = control.store_frames("anon#r", texts, expires_at=2**40)
+    items = frames.store("anon#r", texts, expires_at=2**40)
     assert 1 < items < len(texts) // 10
     assert sum(len(t.encode()) for t in texts) > CHUNK_BYTES
-    assert control.load_frames("anon#r", -1) == list(enumerate(texts))
-    assert control.load_frames("anon#r", 299) == list(enumerate(texts))[300:]
-    assert control.load_frames("anon#r", len(texts) - 1) == []
+    assert frames.load("anon#r", -1) == list(enumerate(texts))
+    assert frames.load("anon#r", 299) == list(enumerate(texts))[300:]
+    assert frames.load("anon#r", len(texts) - 1) == []
 
 
 # --------------------------------------------------------------------------- relay
@@ -560,8 +535,8 @@ def test_a_finished_answer_is_replayed_from_storage_once_to_the_client_that_resu
     a = world.connection("conn-a", gone_after=3)
     world.send("conn-a", **prompt("done", "#mock tokens=20 rate=100", resumable=True))
     world.stream()  # the model finished without a client
-    state = world.control.read("anon#done")
-    assert (state.status, state.final["finishReason"]) == ("done", "stop")
+    state = world.requests.read("anon#done")
+    assert (state.status, state.final["finishReason"]) == (Status.COMPLETED, "stop")
     assert a.seqs() == [0, 1, 2] and state.last_seq > 2
 
     reply = world.send("conn-b", action="resume", requestId="done", afterSeq=2)
@@ -584,8 +559,8 @@ def test_an_abandoned_answer_stops_the_model_and_is_kept_with_the_reason(world):
     record = world.mock_llm.requests[-1]
     assert world.mock_llm.wait_for(lambda: record.client_closed, timeout=5)
     assert record.tokens_sent < 400
-    state = world.control.read("anon#left")
-    assert state.status == "gone"
+    state = world.requests.read("anon#left")
+    assert state.status == Status.GONE
     assert state.final["code"] == "timeout" and "nobody resumed" in state.final["message"]
 
 
@@ -595,7 +570,7 @@ def test_a_client_gone_from_a_plain_answer_stops_the_model_at_once(world):
     world.stream()
     record = world.mock_llm.requests[-1]
     assert world.mock_llm.wait_for(lambda: record.client_closed, timeout=5)
-    assert world.control.read("anon#plain").status == "gone"
+    assert world.requests.read("anon#plain").status == Status.GONE
     (control_item,) = dynamodb_items(world.dynamodb, FRAMES, "requestId", "anon#plain")
     assert control_item["seq"]["N"] == "-1"  # no frames are kept for a plain answer
 
@@ -635,11 +610,9 @@ def test_the_resume_event_of_a_finished_answer_publishes_a_replay(session_aws, l
     send = load_event("send-message.json")
     send["body"] = json.dumps({**json.loads(send["body"]), "resumable": True})
     handler.lambda_handler(send, lambda_context)
-    control = RequestControl(session_aws.dynamodb, FRAMES)
-    control.begin("anon#req-123")
-    control.settle(
-        "anon#req-123", status=Status.DONE, attach=0, last_seq=9, final={}, expires_at=2**40
-    )
+    requests = Requests(session_aws.dynamodb, FRAMES)
+    requests.claim("anon#req-123", NewRequest("req-123", Address("c", API_DOMAIN, "prod")))
+    requests.settle("anon#req-123", status=Status.COMPLETED, attach=0, last_seq=9, final={})
     reply = json.loads(handler.lambda_handler(load_event("resume.json"), lambda_context)["body"])
     assert reply == {"type": "accepted", "requestId": "req-123"}
     prompt_message, replay = session_aws.published()
@@ -653,20 +626,20 @@ def test_a_resumable_answer_whose_invocation_died_tells_the_client_that_resumes_
     from llmstream.stream.worker import RequestFailed
 
     world.send("conn-a", **prompt("crashed", "#mock tokens=5", resumable=True))
-    world.control.begin("anon#crashed")  # an invocation took it, then died mid-stream
-    world.dynamodb.put_item(
-        TableName=IDEMPOTENCY,
-        Item={
-            "id": {"S": "conn-a#crashed"},
-            "status": {"S": "INPROGRESS"},
-            "expiration": {"N": str(int(time.time()) + 3600)},
-            "in_progress_expiration": {"N": "0"},  # its lease ran out long ago
-        },
+    # An invocation took it, then died mid-stream: its lease ran out long ago.
+    world.requests.claim(
+        "anon#crashed", NewRequest("crashed", Address("conn-a", API_DOMAIN, "prod"))
+    )
+    world.dynamodb.update_item(
+        TableName=FRAMES,
+        Key={"requestId": {"S": "anon#crashed"}, "seq": {"N": "-1"}},
+        UpdateExpression="SET leaseUntil = :past",
+        ExpressionAttributeValues={":past": {"N": "0"}},
     )
     with pytest.raises(RequestFailed):
         world.stream()  # Lambda's retry
     assert world.connections["conn-a"].frames[-1]["code"] == "internal"
-    assert world.control.read("anon#crashed").status == "failed"
+    assert world.requests.read("anon#crashed").status == "failed"
 
     assert world.send("conn-b", action="resume", requestId="crashed", afterSeq=-1)["type"] == (
         "accepted"

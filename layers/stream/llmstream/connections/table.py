@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.dynamo import Table
+
 
 def add_connection(
     dynamodb: Any,
@@ -16,26 +18,16 @@ def add_connection(
     principal_id: str | None = None,
 ) -> None:
     """Record a new connection. ``expiresAt`` is when API Gateway will have closed it anyway."""
-    item: dict[str, Any] = {
-        "connectionId": {"S": connection_id},
-        "connectedAt": {"N": str(connected_at_ms)},
-        "expiresAt": {"N": str(connected_at_ms // 1000 + ttl_seconds)},
-    }
-    if source_ip:
-        item["sourceIp"] = {"S": source_ip}
-    if principal_id:
-        item["principalId"] = {"S": principal_id}
-    dynamodb.put_item(TableName=table, Item=item)
+    Table(dynamodb, table).put(
+        {
+            "connectionId": connection_id,
+            "connectedAt": connected_at_ms,
+            "expiresAt": connected_at_ms // 1000 + ttl_seconds,
+            "sourceIp": source_ip or None,
+            "principalId": principal_id or None,
+        }
+    )
 
 
 def remove_connection(dynamodb: Any, table: str, connection_id: str) -> None:
-    dynamodb.delete_item(TableName=table, Key={"connectionId": {"S": connection_id}})
-
-
-def get_connection(dynamodb: Any, table: str, connection_id: str) -> dict[str, Any] | None:
-    item = dynamodb.get_item(
-        TableName=table, Key={"connectionId": {"S": connection_id}}, ConsistentRead=True
-    ).get("Item")
-    if item is None:
-        return None
-    return {key: next(iter(value.values())) for key, value in item.items()}
+    Table(dynamodb, table).delete({"connectionId": connection_id})

@@ -77,21 +77,32 @@ class Table:
         *,
         set: Mapping[str, Any] | None = None,
         set_if_absent: Mapping[str, Any] | None = None,
+        add: Mapping[str, int] | None = None,
         remove: Iterable[str] = (),
         condition: ConditionBase | None = None,
     ) -> dict[str, Any]:
-        """SET (or, for ``set_if_absent``, set where missing) and REMOVE attributes; returns the
-        item as it is now. ConditionFailed, with the old item, when ``condition`` does not hold."""
+        """SET (or, for ``set_if_absent``, set where missing), ADD to numbers and REMOVE
+        attributes; returns the item as it is now. ConditionFailed, with the old item, when
+        ``condition`` does not hold."""
         names: dict[str, str] = {}
         values: dict[str, Any] = {}
         clauses: list[str] = []
-        for i, (attr, value) in enumerate((set or {}).items()):
+        # A None value means "leave it out", as in to_item.
+        set = {k: v for k, v in (set or {}).items() if v is not None}
+        set_if_absent = {k: v for k, v in (set_if_absent or {}).items() if v is not None}
+        for i, (attr, value) in enumerate(set.items()):
             names[f"#s{i}"], values[f":s{i}"] = attr, value
             clauses.append(f"#s{i} = :s{i}")
-        for i, (attr, value) in enumerate((set_if_absent or {}).items()):
+        for i, (attr, value) in enumerate(set_if_absent.items()):
             names[f"#i{i}"], values[f":i{i}"] = attr, value
             clauses.append(f"#i{i} = if_not_exists(#i{i}, :i{i})")
         expression = f"SET {', '.join(clauses)}" if clauses else ""
+        added = []
+        for i, (attr, amount) in enumerate((add or {}).items()):
+            names[f"#a{i}"], values[f":a{i}"] = attr, amount
+            added.append(f"#a{i} :a{i}")
+        if added:
+            expression += f" ADD {', '.join(added)}"
         removed = []
         for i, attr in enumerate(remove):
             names[f"#r{i}"] = attr
@@ -112,8 +123,11 @@ class Table:
     def delete(self, key: Mapping[str, Any]) -> None:
         self.client.delete_item(TableName=self.name, Key=to_item(key))
 
-    def query(self, key_condition: ConditionBase) -> Iterator[dict[str, Any]]:
-        """Every item the key condition selects, in key order, page after page."""
+    def query(
+        self, key_condition: ConditionBase, *, forward: bool = True, page_size: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every item the key condition selects, in key order (``forward``) or reversed, page
+        after page of ``page_size``; a caller that stops early reads no further page."""
         expression = ConditionExpressionBuilder().build_expression(key_condition, True)
         kwargs: dict[str, Any] = {
             "TableName": self.name,
@@ -121,7 +135,10 @@ class Table:
             "ExpressionAttributeNames": expression.attribute_name_placeholders,
             "ExpressionAttributeValues": to_item(expression.attribute_value_placeholders),
             "ConsistentRead": True,
+            "ScanIndexForward": forward,
         }
+        if page_size is not None:
+            kwargs["Limit"] = page_size
         while True:
             page = self.client.query(**kwargs)
             yield from (from_item(item) for item in page.get("Items", []))
@@ -134,7 +151,7 @@ class Table:
     ) -> dict[str, Any]:
         kwargs = {"TableName": self.name, **kwargs}
         if condition is not None:
-            # The builder's placeholders (#n0, :v0) never collide with update's (#s0, #i0, #r0).
+            # The builder's placeholders (#n0, :v0) never collide with ours (#s0, #i0, #a0, #r0).
             built = ConditionExpressionBuilder().build_expression(condition)
             kwargs["ConditionExpression"] = built.condition_expression
             kwargs["ExpressionAttributeNames"] = {

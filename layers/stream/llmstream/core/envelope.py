@@ -9,6 +9,7 @@ resume document as a prompt without messages.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,8 +20,42 @@ ENVELOPE_VERSION = 1
 RESUME_KIND = "resume"
 
 
+# The Management API endpoint is built from these two: nothing may smuggle a path or a scheme in.
+DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
+STAGE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
 class InvalidEnvelope(ValueError):
     """The SNS message is not a version-1 prompt document; the reason never quotes the prompt."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a request's frames go: one connection of one API stage."""
+
+    connection_id: str
+    domain_name: str
+    stage: str
+
+    @property
+    def valid(self) -> bool:
+        """A connection id, and an endpoint that is a host name and a stage, nothing more."""
+        return bool(
+            self.connection_id
+            and len(self.connection_id) <= 128
+            and DOMAIN_PATTERN.fullmatch(self.domain_name)
+            and STAGE_PATTERN.fullmatch(self.stage)
+        )
+
+
+def _address(doc: Mapping[str, Any]) -> Address:
+    connection_id = _field(doc, "connectionId", str)
+    if not connection_id or len(connection_id) > 128:
+        raise InvalidEnvelope("field 'connectionId' has an invalid format")
+    address = Address(connection_id, _field(doc, "domainName", str), _field(doc, "stage", str))
+    if not address.valid:
+        raise InvalidEnvelope("invalid domainName or stage")
+    return address
 
 
 def _addressed(envelope: PromptEnvelope | ResumeEnvelope) -> dict[str, Any]:
@@ -54,8 +89,8 @@ class PromptEnvelope:
     version: int = ENVELOPE_VERSION
 
     @property
-    def idempotency_key(self) -> str:
-        return f"{self.connection_id}#{self.request_id}"
+    def address(self) -> Address:
+        return Address(self.connection_id, self.domain_name, self.stage)
 
     def to_json(self) -> str:
         doc = {
@@ -95,7 +130,10 @@ def _field(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = Fal
 
 def parse_envelope(raw: str) -> PromptEnvelope:
     """Parse and check a prompt message body; raise InvalidEnvelope without echoing content."""
-    doc = json_object(raw)
+    return _parse_prompt(json_object(raw))
+
+
+def _parse_prompt(doc: Mapping[str, Any]) -> PromptEnvelope:
     if doc.get("kind") is not None:
         raise InvalidEnvelope("not a prompt")
     version = doc.get("version")
@@ -103,12 +141,7 @@ def parse_envelope(raw: str) -> PromptEnvelope:
         raise InvalidEnvelope(
             f"unsupported version {version!r}" if isinstance(version, int) else "missing version"
         )
-    request_id = _field(doc, "requestId", str)
-    if not REQUEST_ID_PATTERN.fullmatch(request_id):
-        raise InvalidEnvelope("field 'requestId' has an invalid format")
-    connection_id = _field(doc, "connectionId", str)
-    if not connection_id or len(connection_id) > 128:
-        raise InvalidEnvelope("field 'connectionId' has an invalid format")
+    addressing = _addressing(doc)
     messages = _field(doc, "messages", list)
     if not messages:
         raise InvalidEnvelope("field 'messages' is empty")
@@ -126,18 +159,13 @@ def parse_envelope(raw: str) -> PromptEnvelope:
     if max_tokens <= 0:
         raise InvalidEnvelope("field 'maxTokens' must be positive")
     return PromptEnvelope(
-        request_id=request_id,
-        connection_id=connection_id,
-        domain_name=_field(doc, "domainName", str),
-        stage=_field(doc, "stage", str),
+        **addressing,
         messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
         model=_field(doc, "model", str),
         provider=_field(doc, "provider", str),
         max_tokens=max_tokens,
         keep_open=bool(options.get("keepOpen", False)),
         conversation_id=_field(options, "conversationId", str, optional=True),
-        principal_id=_field(doc, "principalId", str, optional=True),
-        received_at=_field(doc, "receivedAt", int, optional=True) or 0,
         resumable=bool(options.get("resumable", False)),
     )
 
@@ -161,6 +189,10 @@ class ResumeEnvelope:
     received_at: int = 0
     version: int = ENVELOPE_VERSION
 
+    @property
+    def address(self) -> Address:
+        return Address(self.connection_id, self.domain_name, self.stage)
+
     def to_json(self) -> str:
         doc = {
             **_addressed(self),
@@ -180,6 +212,27 @@ class ResumeEnvelope:
         }
 
 
+def _addressing(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every SNS document carries, checked (the parsing twin of ``_addressed``)."""
+    request_id = _request_id(doc)
+    address = _address(doc)
+    return {
+        "request_id": request_id,
+        "connection_id": address.connection_id,
+        "domain_name": address.domain_name,
+        "stage": address.stage,
+        "principal_id": _field(doc, "principalId", str, optional=True),
+        "received_at": _field(doc, "receivedAt", int, optional=True) or 0,
+    }
+
+
+def _request_id(doc: Mapping[str, Any]) -> str:
+    request_id: str = _field(doc, "requestId", str)
+    if not REQUEST_ID_PATTERN.fullmatch(request_id):
+        raise InvalidEnvelope("field 'requestId' has an invalid format")
+    return request_id
+
+
 def json_object(raw: str) -> dict[str, Any]:
     """``raw`` parsed as a JSON object, or InvalidEnvelope saying which it is not."""
     try:
@@ -194,26 +247,16 @@ def json_object(raw: str) -> dict[str, Any]:
 def _parse_resume(doc: Mapping[str, Any]) -> ResumeEnvelope:
     if doc.get("version") != ENVELOPE_VERSION:
         raise InvalidEnvelope("unsupported version")
-    request_id = _field(doc, "requestId", str)
-    if not REQUEST_ID_PATTERN.fullmatch(request_id):
-        raise InvalidEnvelope("field 'requestId' has an invalid format")
-    connection_id = _field(doc, "connectionId", str)
-    if not connection_id or len(connection_id) > 128:
-        raise InvalidEnvelope("field 'connectionId' has an invalid format")
+    addressing = _addressing(doc)
     after_seq = _field(doc, "afterSeq", int)
     attach = _field(doc, "attach", int)
     if not -1 <= after_seq <= MAX_SEQ or attach < 1:
         raise InvalidEnvelope("field 'afterSeq' or 'attach' is out of range")
     return ResumeEnvelope(
-        request_id=request_id,
-        connection_id=connection_id,
-        domain_name=_field(doc, "domainName", str),
-        stage=_field(doc, "stage", str),
+        **addressing,
         after_seq=after_seq,
         attach=attach,
         provider=_field(doc, "provider", str),
-        principal_id=_field(doc, "principalId", str, optional=True),
-        received_at=_field(doc, "receivedAt", int, optional=True) or 0,
     )
 
 
@@ -225,4 +268,4 @@ def parse_message(raw: str) -> PromptEnvelope | ResumeEnvelope:
         return _parse_resume(doc)
     if kind is not None:
         raise InvalidEnvelope("unknown kind")
-    return parse_envelope(raw)
+    return _parse_prompt(doc)

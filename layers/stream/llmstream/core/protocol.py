@@ -1,7 +1,7 @@
 """The WebSocket wire protocol: client messages, server frames, and their validation.
 
 This module is the one definition of the protocol. The handlers, the local stack, the tests
-and docs/protocol.md (its JSON Schema is generated from ``SCHEMA`` below) all use it.
+and docs/protocol.md (its JSON Schema, ``schema.SCHEMA``, is generated from these names) all use it.
 """
 
 from __future__ import annotations
@@ -81,14 +81,23 @@ def error_frame(request_id: str | None, code: ErrorCode, message: str) -> dict[s
     return {"type": "error", "requestId": request_id, "code": code.value, "message": message}
 
 
-def encode(frame: Mapping[str, Any]) -> bytes:
+class Encoded(bytes):
+    """A frame's exact bytes on the socket that still carry the frame they encode, so that
+    whoever passes them on (the relay) reads its type and seq without decoding them again."""
+
+    frame: Mapping[str, Any]
+
+
+def encode(frame: Mapping[str, Any]) -> Encoded:
     """Serialise a frame as compact UTF-8 JSON, the exact bytes sent on the socket.
 
     An error message may quote a client's text, and JSON lets a client send a lone surrogate
     ("\\ud800") that UTF-8 cannot hold; it becomes "?" rather than an unsendable frame.
     """
     text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-    return text.encode("utf-8", errors="replace")
+    data = Encoded(text.encode("utf-8", errors="replace"))
+    data.frame = frame
+    return data
 
 
 # --------------------------------------------------------------------------- client messages
@@ -368,130 +377,3 @@ def parse_client_message(
     raise ProtocolError(
         ErrorCode.UNKNOWN_ACTION, f"unknown action '{shown}'; expected one of {known}", request_id
     )
-
-
-# --------------------------------------------------------------------------- JSON Schema
-
-_REQUEST_ID = {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern}
-_NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
-
-SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://github.com/lambda-llm-stream/protocol.schema.json",
-    "title": "lambda-llm-stream WebSocket protocol",
-    "$defs": {
-        "sendMessage": {
-            "type": "object",
-            "required": ["action"],
-            "properties": {
-                "action": {"const": "sendMessage"},
-                "requestId": _REQUEST_ID,
-                "prompt": {"type": "string", "minLength": 1},
-                "messages": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["role", "content"],
-                        "properties": {
-                            "role": {"enum": list(ROLES)},
-                            "content": {"type": "string", "minLength": 1},
-                        },
-                    },
-                },
-                "model": {"type": "string"},
-                "keepOpen": {"type": "boolean"},
-                "conversationId": _REQUEST_ID,
-                "resumable": {"type": "boolean"},
-            },
-            "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
-        },
-        "cancel": {
-            "type": "object",
-            "required": ["action", "requestId"],
-            "properties": {"action": {"const": "cancel"}, "requestId": _REQUEST_ID},
-        },
-        "resume": {
-            "type": "object",
-            "required": ["action", "requestId"],
-            "properties": {
-                "action": {"const": "resume"},
-                "requestId": _REQUEST_ID,
-                "afterSeq": {"type": "integer", "minimum": -1, "maximum": MAX_SEQ},
-            },
-        },
-        "clientMessage": {
-            "oneOf": [
-                {"$ref": "#/$defs/sendMessage"},
-                {"$ref": "#/$defs/cancel"},
-                {"$ref": "#/$defs/resume"},
-            ]
-        },
-        "accepted": {
-            "type": "object",
-            "required": ["type", "requestId"],
-            "properties": {"type": {"const": "accepted"}, "requestId": {"type": "string"}},
-            "additionalProperties": False,
-        },
-        "start": {
-            "type": "object",
-            "required": ["type", "requestId", "model"],
-            "properties": {
-                "type": {"const": "start"},
-                "requestId": {"type": "string"},
-                "model": {"type": "string"},
-            },
-            "additionalProperties": False,
-        },
-        "delta": {
-            "type": "object",
-            "required": ["type", "requestId", "seq", "text"],
-            "properties": {
-                "type": {"const": "delta"},
-                "requestId": {"type": "string"},
-                "seq": {"type": "integer", "minimum": 0},
-                "text": {"type": "string"},
-            },
-            "additionalProperties": False,
-        },
-        "end": {
-            "type": "object",
-            "required": ["type", "requestId", "finishReason", "usage"],
-            "properties": {
-                "type": {"const": "end"},
-                "requestId": {"type": "string"},
-                "finishReason": {"enum": [r.value for r in FinishReason]},
-                "usage": {
-                    "type": "object",
-                    "required": ["inputTokens", "outputTokens"],
-                    "properties": {"inputTokens": _NULLABLE_INT, "outputTokens": _NULLABLE_INT},
-                },
-            },
-            "additionalProperties": False,
-        },
-        "error": {
-            "type": "object",
-            "required": ["type", "requestId", "code", "message"],
-            "properties": {
-                "type": {"const": "error"},
-                "requestId": {"type": ["string", "null"]},
-                "code": {"enum": [c.value for c in ErrorCode]},
-                "message": {"type": "string", "minLength": 1},
-            },
-            "additionalProperties": False,
-        },
-        "serverFrame": {
-            "oneOf": [
-                {"$ref": "#/$defs/accepted"},
-                {"$ref": "#/$defs/start"},
-                {"$ref": "#/$defs/delta"},
-                {"$ref": "#/$defs/end"},
-                {"$ref": "#/$defs/error"},
-            ]
-        },
-    },
-}
-
-
-if __name__ == "__main__":  # python -m llmstream.core.protocol > docs/protocol.schema.json
-    print(json.dumps(SCHEMA, indent=2))

@@ -43,12 +43,25 @@ def _model_providers(value: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+REQUIRED_ENV = {
+    "connections_table": "CONNECTIONS_TABLE",
+    "prompt_topic_arn": "PROMPT_TOPIC_ARN",
+    "conversations_table": "CONVERSATIONS_TABLE",
+    "frames_table": "FRAMES_TABLE",
+    "failed_queue_url": "FAILED_QUEUE_URL",
+}
+"""The resources a function may require, by the environment variable that names them."""
+
+
+class ConfigurationError(RuntimeError):
+    """The function's environment lacks a resource the template always creates."""
+
+
 @dataclass(frozen=True)
 class Settings:
     # Resources
     connections_table: str = ""
     prompt_topic_arn: str = ""
-    idempotency_table: str = ""
     conversations_table: str = ""
     frames_table: str = ""
     failed_queue_url: str = ""
@@ -100,6 +113,17 @@ class Settings:
     resume_grace_seconds: float = 30.0
     control_poll_interval: float = 0.2
 
+    def require(self, *fields: str) -> Settings:
+        """These settings, once every named resource is set; a ConfigurationError naming the
+        missing environment variables otherwise (at cold start, not at the first request)."""
+        missing = [REQUIRED_ENV[f] for f in fields if not getattr(self, f)]
+        if missing:
+            raise ConfigurationError(
+                f"{', '.join(missing)} not set: template.yaml sets it for this function; "
+                "check the function's Environment"
+            )
+        return self
+
     def limits(self) -> Limits:
         """What a client may send to this deployment."""
         return Limits(
@@ -119,7 +143,6 @@ class Settings:
         return cls(
             connections_table=env.get("CONNECTIONS_TABLE", d.connections_table),
             prompt_topic_arn=env.get("PROMPT_TOPIC_ARN", d.prompt_topic_arn),
-            idempotency_table=env.get("IDEMPOTENCY_TABLE", d.idempotency_table),
             conversations_table=env.get("CONVERSATIONS_TABLE", d.conversations_table),
             frames_table=env.get("FRAMES_TABLE", d.frames_table),
             failed_queue_url=env.get("FAILED_QUEUE_URL", d.failed_queue_url),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.envelope import PromptEnvelope, ResumeEnvelope
+from ..core.envelope import Address, PromptEnvelope, ResumeEnvelope
 from ..core.observability import logger
 from ..core.protocol import (
     Cancel,
@@ -22,8 +22,9 @@ from ..core.protocol import (
     parse_client_message,
 )
 from ..core.settings import Settings
-from ..requests.record import Attached, Refused, RequestControl, Target, owner_key
-from .limits import ConnectionLimits, count_request
+from ..requests.lifecycle import Attached, NewRequest, Refused, Requests
+from ..requests.record import owner_key
+from .limits import ConnectionLimits
 from .routing import provider_for_model
 
 Publish = Callable[[PromptEnvelope | ResumeEnvelope], Any]
@@ -33,15 +34,14 @@ Publish = Callable[[PromptEnvelope | ResumeEnvelope], Any]
 class Caller:
     """Who sent the message, from the WebSocket event's requestContext."""
 
-    connection_id: str
-    domain_name: str
-    stage: str
+    address: Address
     request_id: str
+    """API Gateway's id of the message: the request id when the client names none."""
     principal_id: str | None = None
 
     @property
-    def target(self) -> Target:
-        return Target(self.connection_id, self.domain_name, self.stage)
+    def connection_id(self) -> str:
+        return self.address.connection_id
 
 
 def accept_message(
@@ -50,14 +50,14 @@ def accept_message(
     settings: Settings,
     publish: Publish,
     now_ms: int,
-    limits: ConnectionLimits | None = None,
-    control: RequestControl | None = None,
+    limits: ConnectionLimits,
+    requests: Requests,
 ) -> dict[str, Any]:
     """Return the frame to answer with: ``accepted`` once published (or, for cancel and resume,
-    once the request's control item says so), or an ``error``.
+    once the request's record says so), or an ``error``.
 
-    ``control`` (the frames table) is what makes answers cancellable and resumable; without it
-    cancel and resume find nothing.
+    What is wrong with the message itself is answered first (a malformed message, a request id
+    in use), then the limits; a refused message costs nothing.
     """
     try:
         message = parse_client_message(
@@ -66,25 +66,14 @@ def accept_message(
     except ProtocolError as exc:
         return exc.frame(caller.request_id)
     if isinstance(message, Cancel):
-        return cancel_answer(message, caller, control)
+        return cancel_answer(message, caller, requests)
     if isinstance(message, Resume):
-        return resume_answer(message, caller, settings, publish, now_ms, limits, control)
-    if limits is not None:
-        try:
-            refusal = limits.admit(caller.connection_id, caller.principal_id, now_ms // 1000)
-        except Exception:  # DynamoDB unreachable: refuse rather than run unmetered
-            logger.exception("could not check the rate limits")
-            return error_frame(
-                message.request_id, ErrorCode.INTERNAL, "the request could not be queued; try again"
-            )
-        if refusal is not None:
-            logger.info("rate limited", extra={"limit": refusal.limit})
-            return error_frame(message.request_id, ErrorCode.RATE_LIMITED, refusal.message)
+        return resume_answer(message, caller, settings, publish, now_ms, limits, requests)
     envelope = PromptEnvelope(
         request_id=message.request_id,
-        connection_id=caller.connection_id,
-        domain_name=caller.domain_name,
-        stage=caller.stage,
+        connection_id=caller.address.connection_id,
+        domain_name=caller.address.domain_name,
+        stage=caller.address.stage,
         messages=message.messages,
         model=message.model,
         provider=provider_for_model(message.model, settings),
@@ -96,49 +85,63 @@ def accept_message(
         resumable=message.resumable,
     )
     key = owner_key(caller.principal_id, message.request_id)
-    if control is not None:
-        not_registered = _register(control, key, envelope, caller, settings, now_ms)
-        if not_registered is not None:
-            if limits is not None:
-                _give_back(limits, caller.connection_id)
-            return not_registered
+    not_registered = _register(requests, key, envelope, settings)
+    if not_registered is not None:
+        return not_registered
+    refused = _admit(limits, caller, message.request_id, now_ms)
+    if refused is not None:
+        _forget(requests, key)  # registered, then refused: the id is free again
+        return refused
     try:
         publish(envelope)
     except Exception:  # SNS unreachable or refusing: the client must hear of it, with its id
         logger.exception("could not queue the prompt")
-        if limits is not None:
-            _give_back(limits, caller.connection_id)
-        if control is not None:
-            try:
-                control.forget(key)
-            except Exception:
-                logger.exception("could not forget the request")
+        _give_back(limits, caller.connection_id, now_ms)
+        _forget(requests, key)
         return error_frame(
             envelope.request_id, ErrorCode.INTERNAL, "the request could not be queued; try again"
         )
     return accepted_frame(envelope.request_id)
 
 
-def _register(
-    control: RequestControl,
-    key: str,
-    envelope: PromptEnvelope,
-    caller: Caller,
-    settings: Settings,
-    now_ms: int,
+def _admit(
+    limits: ConnectionLimits, caller: Caller, request_id: str, now_ms: int
 ) -> dict[str, Any] | None:
-    """Create the request's control item; an error frame when that cannot be done."""
-    rid = envelope.request_id
+    """Count the request and take its stream slot; an error frame when a limit refuses it."""
     try:
-        created = control.create(
-            key,
-            request_id=rid,
-            owner=caller.principal_id,
-            target=caller.target,
-            resumable=envelope.resumable and settings.resume_grace_seconds > 0,
-            keep_open=envelope.keep_open,
-            expires_at=now_ms // 1000 + settings.connection_ttl_seconds,
+        refusal = limits.admit(caller.connection_id, caller.principal_id, now_ms // 1000)
+    except Exception:  # DynamoDB unreachable: refuse rather than run unmetered
+        logger.exception("could not check the rate limits")
+        return error_frame(
+            request_id, ErrorCode.INTERNAL, "the request could not be queued; try again"
         )
+    if refusal is None:
+        return None
+    logger.info("rate limited", extra={"limit": refusal.limit})
+    return error_frame(request_id, ErrorCode.RATE_LIMITED, refusal.message)
+
+
+def _forget(requests: Requests, key: str) -> None:
+    try:
+        requests.forget(key)
+    except Exception:
+        logger.exception("could not forget the request")
+
+
+def _register(
+    requests: Requests, key: str, envelope: PromptEnvelope, settings: Settings
+) -> dict[str, Any] | None:
+    """Create the request's record; an error frame when that cannot be done."""
+    rid = envelope.request_id
+    new = NewRequest(
+        request_id=rid,
+        address=envelope.address,
+        owner=envelope.principal_id,
+        resumable=envelope.resumable and settings.resume_grace_seconds > 0,
+        keep_open=envelope.keep_open,
+    )
+    try:
+        created = requests.register(key, new)
     except Exception:  # DynamoDB unreachable: refuse, like the rate limits
         logger.exception("could not record the request")
         return error_frame(rid, ErrorCode.INTERNAL, "the request could not be queued; try again")
@@ -151,16 +154,12 @@ def _register(
     return None
 
 
-def cancel_answer(
-    message: Cancel, caller: Caller, control: RequestControl | None
-) -> dict[str, Any]:
+def cancel_answer(message: Cancel, caller: Caller, requests: Requests | None) -> dict[str, Any]:
     """Flag the answer cancelled; its stream function ends it within one frame."""
     rid = message.request_id
     not_found = error_frame(rid, ErrorCode.NOT_FOUND, f"no answer {rid!r} is in progress here")
-    if control is None:
-        return not_found
     try:
-        cancelled = control.cancel(
+        cancelled = requests.cancel(
             owner_key(caller.principal_id, rid),
             principal_id=caller.principal_id,
             connection_id=caller.connection_id,
@@ -188,31 +187,20 @@ def resume_answer(
     settings: Settings,
     publish: Publish,
     now_ms: int,
-    limits: ConnectionLimits | None,
-    control: RequestControl | None,
+    limits: ConnectionLimits,
+    requests: Requests,
 ) -> dict[str, Any]:
     """Move the answer to the caller's connection: a live one follows at once, a finished one is
     replayed from the frames table by a stream function."""
     rid = message.request_id
-    if control is None:
-        return error_frame(rid, ErrorCode.NOT_FOUND, f"no answer {rid!r} to resume")
     try:
-        if limits is not None:
-            refusal = count_request(
-                limits.dynamodb,
-                limits.table,
-                connection_id=caller.connection_id,
-                principal_id=caller.principal_id,
-                per_connection=limits.per_connection,
-                per_principal=limits.per_principal,
-                now_s=now_ms // 1000,
-            )
-            if refusal is not None:
-                return error_frame(rid, ErrorCode.RATE_LIMITED, refusal.message)
-        outcome = control.attach_client(
+        refusal = limits.count(caller.connection_id, caller.principal_id, now_ms // 1000)
+        if refusal is not None:
+            return error_frame(rid, ErrorCode.RATE_LIMITED, refusal.message)
+        outcome = requests.attach(
             owner_key(caller.principal_id, rid),
             principal_id=caller.principal_id,
-            target=caller.target,
+            address=caller.address,
             after_seq=message.after_seq,
         )
     except Exception:
@@ -228,9 +216,9 @@ def resume_answer(
         publish(
             ResumeEnvelope(
                 request_id=rid,
-                connection_id=caller.connection_id,
-                domain_name=caller.domain_name,
-                stage=caller.stage,
+                connection_id=caller.address.connection_id,
+                domain_name=caller.address.domain_name,
+                stage=caller.address.stage,
                 after_seq=message.after_seq,
                 attach=outcome.attach,
                 provider=settings.llm_provider,
@@ -244,9 +232,9 @@ def resume_answer(
     return accepted_frame(rid)
 
 
-def _give_back(limits: ConnectionLimits, connection_id: str) -> None:
+def _give_back(limits: ConnectionLimits, connection_id: str, now_ms: int) -> None:
     try:
-        limits.cancel(connection_id)
+        limits.give_back(connection_id, now_ms // 1000)
     except Exception:
         logger.exception("could not give back the stream slot")
 

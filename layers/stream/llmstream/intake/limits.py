@@ -1,78 +1,31 @@
 """Abuse limits, checked by the message handler before it publishes: requests per minute per
 connection and per principal, and streams in flight per connection.
 
-Counters are DynamoDB atomic updates with a condition, so concurrent messages cannot both take
-the last slot. They live in the connections table: per-minute counters as their own items
-(``rate#...``, expiring through the table's TTL), the stream count on the connection's item.
+The connection's two limits live on its item in the connections table (``rate<minute>`` counts
+the current fixed one-minute window, ``activeStreams`` the stream slots) and are taken in one
+conditional update, so concurrent messages cannot both take the last slot, and a refused
+message changes nothing. The per-principal counter is an item of its own (``rate#...``,
+expiring through the table's TTL), counted only with auth on.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from boto3.dynamodb.conditions import Attr
 
-from ..core.dynamo import conditional_failed
-from ..requests.slots import Refusal, acquire_stream, release_stream
+from ..core.dynamo import ConditionFailed, Table
+from ..requests.slots import STALE_SLOT_SECONDS, Refusal, release_stream
 
 WINDOW_SECONDS = 60
 RATE_KEY_PREFIX = "rate#"
 """Connection ids never contain '#', so a rate counter can never be mistaken for a connection."""
 
 
-def _count_in_window(dynamodb: Any, table: str, key: str, *, limit: int, now_s: int) -> bool:
-    """Count one request in the current fixed one-minute window; False when it is full."""
-    window = now_s // WINDOW_SECONDS
-    try:
-        dynamodb.update_item(
-            TableName=table,
-            Key={"connectionId": {"S": f"{RATE_KEY_PREFIX}{key}#{window}"}},
-            UpdateExpression="ADD requests :one SET expiresAt = :expires",
-            ConditionExpression="attribute_not_exists(requests) OR requests < :limit",
-            ExpressionAttributeValues={
-                ":one": {"N": "1"},
-                ":limit": {"N": str(limit)},
-                ":expires": {"N": str((window + 2) * WINDOW_SECONDS)},
-            },
-        )
-        return True
-    except ClientError as exc:
-        if conditional_failed(exc):
-            return False
-        raise
-
-
-def count_request(
-    dynamodb: Any,
-    table: str,
-    *,
-    connection_id: str,
-    principal_id: str | None,
-    per_connection: int,
-    per_principal: int,
-    now_s: int,
-) -> Refusal | None:
-    """Count one request against the connection's and the principal's per-minute limits."""
-    if per_connection > 0 and not _count_in_window(
-        dynamodb, table, f"connection#{connection_id}", limit=per_connection, now_s=now_s
-    ):
-        return Refusal(
-            "connection_rate",
-            f"too many requests: this connection may send {per_connection} per minute",
-        )
-    if (
-        principal_id
-        and per_principal > 0
-        and not _count_in_window(
-            dynamodb, table, f"principal#{principal_id}", limit=per_principal, now_s=now_s
-        )
-    ):
-        return Refusal(
-            "principal_rate",
-            f"too many requests: each user may send {per_principal} per minute",
-        )
-    return None
+def _window_attribute(now_s: int, ago: int = 0) -> str:
+    return f"rate{now_s // WINDOW_SECONDS - ago}"
 
 
 @dataclass(frozen=True)
@@ -87,26 +40,117 @@ class ConnectionLimits:
     connection_ttl_s: int
 
     def admit(self, connection_id: str, principal_id: str | None, now_s: int) -> Refusal | None:
-        """Count the request, then take a stream slot; a Refusal when any limit is reached."""
-        refusal = count_request(
-            self.dynamodb,
-            self.table,
-            connection_id=connection_id,
-            principal_id=principal_id,
-            per_connection=self.per_connection,
-            per_principal=self.per_principal,
-            now_s=now_s,
-        )
-        return refusal or acquire_stream(
-            self.dynamodb,
-            self.table,
-            connection_id=connection_id,
-            limit=self.max_streams,
-            now_s=now_s,
-            expires_at=now_s + self.connection_ttl_s,
-        )
+        """Count the request and take a stream slot; a Refusal, costing nothing, when any limit
+        is reached."""
+        refusal = self._take(connection_id, now_s, slot=self.max_streams > 0)
+        if refusal is None and not self._count_principal(principal_id, now_s):
+            self.give_back(connection_id, now_s)
+            refusal = self._principal_refusal()
+        return refusal
 
-    def cancel(self, connection_id: str) -> None:
-        """Give back the slot of a request that was admitted but never published."""
-        if self.max_streams > 0:
+    def count(self, connection_id: str, principal_id: str | None, now_s: int) -> Refusal | None:
+        """Count a request that takes no stream slot (a resume)."""
+        refusal = self._take(connection_id, now_s, slot=False)
+        if refusal is None and not self._count_principal(principal_id, now_s):
+            self._undo(connection_id, now_s, slot=False)
+            refusal = self._principal_refusal()
+        return refusal
+
+    def give_back(self, connection_id: str, now_s: int) -> None:
+        """Undo ``admit`` for a request that was admitted but never published."""
+        self._undo(connection_id, now_s, slot=self.max_streams > 0)
+
+    # ------------------------------------------------------------------ the connection's item
+
+    def _take(self, connection_id: str, now_s: int, *, slot: bool) -> Refusal | None:
+        counted = self.per_connection > 0
+        if not counted and not slot:
+            return None
+        window = _window_attribute(now_s)
+        sets: dict[str, Any] = {"slotTakenAt": now_s} if slot else {}
+        condition = None
+        if counted:
+            condition = Attr(window).not_exists() | Attr(window).lt(self.per_connection)
+        if slot:
+            free = Attr("activeStreams").not_exists() | Attr("activeStreams").lt(self.max_streams)
+            condition = free if condition is None else condition & free
+        table = Table(self.dynamodb, self.table)
+        try:
+            table.update(
+                {"connectionId": connection_id},
+                set=sets,
+                set_if_absent={"expiresAt": now_s + self.connection_ttl_s},
+                add={**({window: 1} if counted else {}), **({"activeStreams": 1} if slot else {})},
+                # Windows before the last one are done with: they go as the next one comes.
+                remove=(_window_attribute(now_s, 2),) if counted else (),
+                condition=condition,
+            )
+            return None
+        except ConditionFailed as refused:
+            old = refused.old or {}
+        if counted and old.get(window, 0) >= self.per_connection:
+            return Refusal(
+                "connection_rate",
+                f"too many requests: this connection may send {self.per_connection} per minute",
+            )
+        return self._reclaim_stale_slot(table, connection_id, now_s, counted)
+
+    def _reclaim_stale_slot(
+        self, table: Table, connection_id: str, now_s: int, counted: bool
+    ) -> Refusal | None:
+        """Every slot is taken. A slot whose stream never ran (its event went to the dead-letter
+        queue unprocessed) would be held until the connection closes; slots all taken longer ago
+        than STALE_SLOT_SECONDS are presumed lost and reset."""
+        window = _window_attribute(now_s)
+        stale = Attr("slotTakenAt").lt(now_s - STALE_SLOT_SECONDS)
+        if counted:
+            stale = stale & (Attr(window).not_exists() | Attr(window).lt(self.per_connection))
+        try:
+            table.update(
+                {"connectionId": connection_id},
+                set={"activeStreams": 1, "slotTakenAt": now_s},
+                add={window: 1} if counted else {},
+                condition=stale,
+            )
+            return None
+        except ConditionFailed:
+            plural = "answer" if self.max_streams == 1 else "answers"
+            return Refusal(
+                "concurrent_streams",
+                f"too many answers in progress: this connection may stream {self.max_streams} "
+                f"{plural} at once; wait for one to end",
+            )
+
+    def _undo(self, connection_id: str, now_s: int, *, slot: bool) -> None:
+        if self.per_connection > 0:
+            window = _window_attribute(now_s)
+            with contextlib.suppress(ConditionFailed):  # a new minute began: nothing to undo
+                Table(self.dynamodb, self.table).update(
+                    {"connectionId": connection_id}, add={window: -1}, condition=Attr(window).gt(0)
+                )
+        if slot:
             release_stream(self.dynamodb, self.table, connection_id)
+
+    # ------------------------------------------------------------------ the principal's item
+
+    def _count_principal(self, principal_id: str | None, now_s: int) -> bool:
+        """Count one request in the principal's current window; False when it is full."""
+        if not principal_id or self.per_principal <= 0:
+            return True
+        window = now_s // WINDOW_SECONDS
+        try:
+            Table(self.dynamodb, self.table).update(
+                {"connectionId": f"{RATE_KEY_PREFIX}principal#{principal_id}#{window}"},
+                set={"expiresAt": (window + 2) * WINDOW_SECONDS},
+                add={"requests": 1},
+                condition=Attr("requests").not_exists() | Attr("requests").lt(self.per_principal),
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def _principal_refusal(self) -> Refusal:
+        return Refusal(
+            "principal_rate",
+            f"too many requests: each user may send {self.per_principal} per minute",
+        )

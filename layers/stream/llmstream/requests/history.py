@@ -4,17 +4,20 @@ One item per turn in the conversations table (``turn`` = 0, 1, 2, ...): the mess
 sent with one request and the answer it got. The stream function loads the latest turns before
 calling the model, within a turn count and a token budget, oldest dropped first, and appends the
 new turn before it sends ``end``, so a client that sends its next prompt on seeing ``end`` finds
-it there. Keys are scoped to their owner like request ids (``control.owner_key``).
+it there. Keys are scoped to their owner like request ids (``record.owner_key``).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from boto3.dynamodb.conditions import Attr, Key
+
+from ..core.dynamo import ConditionFailed, Table
 
 MAX_ITEM_BYTES = 350 * 1024
 """Below DynamoDB's 400 KB item limit, with room for the key and attribute names."""
@@ -46,8 +49,7 @@ class Conversations:
         ttl_seconds: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._dynamodb = dynamodb
-        self._table = table
+        self._table = Table(dynamodb, table)
         self.max_turns = max_turns
         self.max_tokens = max_tokens
         self.ttl_seconds = ttl_seconds
@@ -55,31 +57,19 @@ class Conversations:
 
     def load(self, key: str) -> History:
         """The latest turns that fit within ``max_turns`` and ``max_tokens``."""
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "conversationId = :k",
-            "ExpressionAttributeValues": {":k": {"S": key}},
-            "ScanIndexForward": False,  # newest first
-            "ConsistentRead": True,  # the turn written just before the previous `end`
-            "Limit": max(1, self.max_turns),
-        }
-        while len(items) < self.max_turns:
-            page = self._dynamodb.query(**kwargs)
-            items.extend(page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        next_turn = int(items[0]["turn"]["N"]) + 1 if items else 0
+        newest_first = self._table.query(
+            Key("conversationId").eq(key),  # consistent: the turn written before the last `end`
+            forward=False,
+            page_size=max(1, self.max_turns),
+        )
+        items = list(itertools.islice(newest_first, self.max_turns))
+        next_turn = items[0]["turn"] + 1 if items else 0
         now = int(self._clock())
-        live = [i for i in items[: self.max_turns] if int(i["expiresAt"]["N"]) >= now]
+        live = [i for i in items if i["expiresAt"] >= now]
         kept: list[list[dict[str, str]]] = []
         tokens = 0
         for item in live:  # newest first: the oldest are the ones dropped
-            turn = [
-                {"role": m["M"]["role"]["S"], "content": m["M"]["content"]["S"]}
-                for m in item["messages"]["L"]
-            ]
+            turn = [{"role": m["role"], "content": m["content"]} for m in item["messages"]]
             cost = sum(estimate_tokens(m["content"]) for m in turn)
             if tokens + cost > self.max_tokens:
                 break
@@ -102,35 +92,22 @@ class Conversations:
         stored = [dict(m) for m in messages] + [{"role": "assistant", "content": answer}]
         stored = _fit(stored)
         for _ in range(10):
+            item = {
+                "conversationId": key,
+                "turn": turn,
+                "requestId": request_id,
+                "messages": stored,
+                "createdAt": int(self._clock() * 1000),
+                "expiresAt": int(self._clock()) + self.ttl_seconds,
+            }
             try:
-                self._dynamodb.put_item(
-                    TableName=self._table,
-                    Item={
-                        "conversationId": {"S": key},
-                        "turn": {"N": str(turn)},
-                        "requestId": {"S": request_id},
-                        "messages": {
-                            "L": [
-                                {"M": {"role": {"S": m["role"]}, "content": {"S": m["content"]}}}
-                                for m in stored
-                            ]
-                        },
-                        "createdAt": {"N": str(int(self._clock() * 1000))},
-                        "expiresAt": {"N": str(int(self._clock()) + self.ttl_seconds)},
-                    },
-                    ConditionExpression="attribute_not_exists(turn)",
-                )
+                self._table.put(item, condition=Attr("turn").not_exists())
                 return turn
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                    raise
-            existing = self._dynamodb.get_item(
-                TableName=self._table,
-                Key={"conversationId": {"S": key}, "turn": {"N": str(turn)}},
-                ConsistentRead=True,
-                ProjectionExpression="requestId",
-            ).get("Item")
-            if existing and existing["requestId"]["S"] == request_id:
+            except ConditionFailed as taken:
+                existing = taken.old or self._table.get(
+                    {"conversationId": key, "turn": turn}, attributes=("requestId",)
+                )
+            if existing and existing.get("requestId") == request_id:
                 return turn
             turn += 1  # another request of this conversation took the number
         raise RuntimeError("no free turn number after ten tries")

@@ -1,8 +1,8 @@
 """Stream slots: how many answers a connection has in flight. The message handler takes one
-before it publishes (``acquire_stream``); the stream or dead-letter function gives it back.
+before it publishes (``intake.limits``); the stream or dead-letter function gives it back.
 
-The count lives on the connection's item in the connections table, changed by conditional
-atomic updates, so concurrent messages cannot both take the last slot.
+The count (``activeStreams``) lives on the connection's item in the connections table, changed
+by conditional atomic updates, so concurrent messages cannot both take the last slot.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ..core.dynamo import conditional_failed
+from ..core.observability import logger
+from ..core.settings import Settings
 
 STALE_SLOT_SECONDS = 30 * 60
 """Longer than any stream can be held up and then run: 15 minutes of event age in Lambda's
@@ -25,58 +27,6 @@ class Refusal:
 
     limit: str
     message: str
-
-
-def acquire_stream(
-    dynamodb: Any, table: str, *, connection_id: str, limit: int, now_s: int, expires_at: int
-) -> Refusal | None:
-    """Take one of the connection's stream slots; the stream function gives it back.
-
-    A slot whose stream never ran (its event went to the dead-letter queue unprocessed) would
-    be held until the connection closes; slots all taken longer ago than STALE_SLOT_SECONDS
-    are presumed lost and reset. The item gets an expiry if it has none, so a counter never
-    outlives its connection even when $connect's record is missing.
-    """
-    if limit <= 0:
-        return None
-    values = {":one": {"N": "1"}, ":now": {"N": str(now_s)}, ":expires": {"N": str(expires_at)}}
-    try:
-        dynamodb.update_item(
-            TableName=table,
-            Key={"connectionId": {"S": connection_id}},
-            UpdateExpression=(
-                "ADD activeStreams :one "
-                "SET slotTakenAt = :now, expiresAt = if_not_exists(expiresAt, :expires)"
-            ),
-            ConditionExpression="attribute_not_exists(activeStreams) OR activeStreams < :limit",
-            ExpressionAttributeValues={**values, ":limit": {"N": str(limit)}},
-        )
-        return None
-    except ClientError as exc:
-        if not conditional_failed(exc):
-            raise
-    try:
-        dynamodb.update_item(
-            TableName=table,
-            Key={"connectionId": {"S": connection_id}},
-            UpdateExpression="SET activeStreams = :one, slotTakenAt = :now",
-            ConditionExpression="slotTakenAt < :stale",
-            ExpressionAttributeValues={
-                ":one": values[":one"],
-                ":now": values[":now"],
-                ":stale": {"N": str(now_s - STALE_SLOT_SECONDS)},
-            },
-        )
-        return None
-    except ClientError as exc:
-        if not conditional_failed(exc):
-            raise
-    plural = "answer" if limit == 1 else "answers"
-    return Refusal(
-        "concurrent_streams",
-        f"too many answers in progress: this connection may stream {limit} {plural} at once; "
-        "wait for one to end",
-    )
 
 
 def release_stream(dynamodb: Any, table: str, connection_id: str) -> bool:
@@ -94,3 +44,29 @@ def release_stream(dynamodb: Any, table: str, connection_id: str) -> bool:
         if conditional_failed(exc):
             return False
         raise
+
+
+class StreamSlot:
+    """The stream slot one request holds on its connection, given back once: as the answer's
+    last frame is queued (so that a client that sends its next prompt on seeing ``end`` finds
+    it free), or, for a request that no invocation will answer, by the dead-letter function."""
+
+    def __init__(self, dynamodb: Any, table: str, connection_id: str, *, held: bool) -> None:
+        self._dynamodb = dynamodb
+        self._table = table
+        self._connection_id = connection_id
+        self._held = held
+
+    @classmethod
+    def of(cls, dynamodb: Any, settings: Settings, connection_id: str) -> StreamSlot:
+        held = settings.max_concurrent_streams > 0  # no limit, no slot taken
+        return cls(dynamodb, settings.connections_table, connection_id, held=held)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        try:
+            release_stream(self._dynamodb, self._table, self._connection_id)
+        except Exception:
+            logger.exception("could not give back the stream slot")

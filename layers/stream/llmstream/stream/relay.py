@@ -3,60 +3,21 @@
 The frame sender posts through ``Relay.post``. A resumable answer's frames are remembered, and
 when its client drops, the answer keeps streaming for a grace period: a client that resumes on a
 new connection gets the frames after the last seq it received, then the rest live, with nothing
-missing and nothing twice. ``Watcher`` reads the request's control item a few times a second and
-tells the relay when the client cancels or resumes elsewhere.
+missing and nothing twice. The watcher (``watcher.py``) tells the relay when the client resumes
+elsewhere.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..apigw.connection import Connection, ConnectionGone, PostFailed, Throttled
+from ..apigw.connection import Connection, ConnectionGone, Delivery, post_with_retry
 from ..core.observability import logger
-from ..core.protocol import delta_frame, encode
-from ..requests.record import (
-    LEASE_SECONDS,
-    RENEW_EVERY_SECONDS,
-    ControlState,
-    RequestControl,
-    Target,
-)
-from .signals import Signal
-
-THROTTLE_BUDGET_SECONDS = 10.0
-MAX_POST_ATTEMPTS = 3
-
-
-def post_with_retry(
-    conn: Connection,
-    data: bytes,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> bool:
-    """Post one frame, retrying throttles and errors a little; False when it cannot be delivered
-    (the client is gone, or the connection keeps failing)."""
-    attempts, backoff, started = 0, 0.05, clock()
-    while True:
-        try:
-            conn.post(data)
-            return True
-        except ConnectionGone:
-            return False
-        except Throttled:
-            if clock() - started > THROTTLE_BUDGET_SECONDS:
-                return False
-        except PostFailed:
-            attempts += 1
-            if attempts >= MAX_POST_ATTEMPTS:
-                return False
-        sleep(random.uniform(backoff / 2, backoff))
-        backoff = min(backoff * 2, 1.0)
+from ..core.protocol import Encoded, delta_frame, encode
 
 
 class Relay:
@@ -97,7 +58,9 @@ class Relay:
     def post(self, data: bytes) -> None:
         """Deliver one frame (the sender retries on Throttled and PostFailed, and stops on
         ConnectionGone, which a resumable answer raises only once its grace period is over)."""
-        frame = json.loads(data)
+        # Frames arrive typed (protocol.Encoded): read, never decoded again. Plain bytes come
+        # only from callers outside the sender, and are decoded for them.
+        frame = data.frame if isinstance(data, Encoded) else json.loads(data)
         kind = frame.get("type")
         with self._lock:
             if kind == "delta":
@@ -163,74 +126,8 @@ class Relay:
             logger.info("resumed on a new connection", extra={"after_seq": after_seq})
 
     def _replay(self, data: bytes) -> bool:
-        if post_with_retry(self.current, data, clock=self._clock, sleep=self._sleep):
+        delivery = post_with_retry(self.current.post, data, clock=self._clock, sleep=self._sleep)
+        if delivery is Delivery.SENT:
             return True
         self._detached_at = self._clock()  # gone again: wait for the next resume
         return False
-
-
-class Watcher:
-    """Reads the control item every ``interval`` while the answer streams (renewing its lease
-    every RENEW_EVERY_SECONDS instead), and acts on a cancel or a resume."""
-
-    def __init__(
-        self,
-        control: RequestControl,
-        key: str,
-        relay: Relay,
-        connect: Callable[[Target], Connection],
-        *,
-        attach: int,
-        interval: float,
-        cancelled: Signal,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.control = control
-        self.key = key
-        self.relay = relay
-        self.connect = connect
-        self.attach = attach
-        self.interval = interval
-        self.cancelled = cancelled
-        self._clock = clock
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"watch-{key}", daemon=True)
-
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        renewed = self._clock()
-        while not self._stop.wait(self.interval):
-            try:
-                if self._clock() - renewed >= RENEW_EVERY_SECONDS:
-                    state = self.control.renew(self.key, lease=LEASE_SECONDS)
-                    renewed = self._clock()
-                else:
-                    state = self.control.poll(self.key)
-                self.apply(state)
-            except Exception:  # a missed poll is survivable: the next one comes soon
-                logger.warning("could not read the request's control item", exc_info=True)
-
-    def apply(self, state: ControlState | None) -> None:
-        """Act on what the control item says: a cancel, or a client that resumed elsewhere."""
-        if state is None:
-            return
-        if state.cancel_requested and not self.cancelled.is_set():
-            logger.info("the client cancelled the answer")
-            self.cancelled.set()
-        if state.attach > self.attach:
-            self.attach = state.attach
-            if not self.relay.resumable:
-                return
-            try:
-                conn = self.connect(state.target)
-            except ValueError:
-                logger.warning("ignoring a resume to an invalid endpoint")
-                return
-            self.relay.switch(conn, state.after_seq)

@@ -9,7 +9,6 @@ the message count stays low (numbers in docs/benchmarks.md).
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 from collections import deque
@@ -17,7 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..apigw.connection import ConnectionGone, PostFailed, Throttled
+from ..apigw.connection import (
+    ConnectionGone,
+    Delivery,
+    RetryPolicy,
+    Throttled,
+    post_with_retry,
+)
 from ..core.protocol import ErrorCode, delta_frame, encode, error_frame
 from ..core.settings import WEBSOCKET_FRAME_LIMIT
 from .signals import Signal
@@ -58,6 +63,81 @@ def split_text(text: str, request_id: str, seq: int, max_frame_bytes: int) -> li
     return pieces
 
 
+class Outbox:
+    """What the reader queued and the worker has yet to post, and when the worker may take it.
+
+    Text waits only for the minimum interval since the last delta frame *started*, so a post
+    slower than the interval is followed at once by the next frame: frames go out every
+    max(post round trip, min_interval), and never faster. With nothing queued for
+    ``probe_after`` seconds, the worker is told to probe the connection.
+    """
+
+    def __init__(self, min_interval: float, probe_after: float | None, clock: Callable[[], float]):
+        self._queue: deque[tuple[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._min_interval = min_interval
+        self._probe_after = probe_after
+        self._clock = clock
+        self.last_delta_start: float | None = None
+        self.last_activity = clock()
+
+    def put(self, kind: str, payload: Any) -> None:
+        with self._cond:
+            self._queue.append((kind, payload))
+            # Only an idle worker needs waking: one holding text for the interval wakes on time.
+            if kind == "frame" or len(self._queue) == 1:
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._queue.clear()
+
+    def stop_probing(self) -> None:
+        self._probe_after = None
+
+    def take(self) -> tuple[str, Any] | None:
+        """Wait for work: a control frame, all the text queued before the next control frame,
+        or a probe; None once closed and empty."""
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return None
+                    due = self._probe_due_in()
+                    if due is not None and due <= 0:
+                        self.last_activity = self._clock()
+                        return "probe", None
+                    self._cond.wait(due)
+                    continue
+                if self._queue[0][0] == "frame":
+                    return self._queue.popleft()
+                wait = self._interval_wait()
+                if wait > 0 and not self._closing and all(k == "text" for k, _ in self._queue):
+                    self._cond.wait(wait)
+                    continue
+                text = []
+                while self._queue and self._queue[0][0] == "text":
+                    text.append(self._queue.popleft()[1])
+                return "text", "".join(text)
+
+    def _probe_due_in(self) -> float | None:
+        """Seconds until the idle connection is due a probe; None when it never is."""
+        if self._probe_after is None:
+            return None
+        return self.last_activity + self._probe_after - self._clock()
+
+    def _interval_wait(self) -> float:
+        if self.last_delta_start is None or self._min_interval <= 0:
+            return 0.0
+        return self.last_delta_start + self._min_interval - self._clock()
+
+
 class FrameSender:
     """One stream's ordered, batched sender. Not reusable across streams."""
 
@@ -79,21 +159,14 @@ class FrameSender:
         ``probe_after`` seconds without a post, and again after each such spell."""
         self._post = post
         self.request_id = request_id
-        self._min_interval = min_interval
         self._max_frame_bytes = max_frame_bytes
-        self._max_post_attempts = max_post_attempts
-        self._throttle_budget = throttle_budget
+        self._policy = RetryPolicy(throttle_budget=throttle_budget, max_attempts=max_post_attempts)
         self._clock = clock
         self._sleep = sleep
-        self._queue: deque[tuple[str, Any]] = deque()
-        self._cond = threading.Condition()
-        self._closing = False
+        self._outbox = Outbox(min_interval, probe_after if probe else None, clock)
         self._seq = 0
-        self._last_delta_start: float | None = None
         self._gone = Signal()
         self._probe = probe
-        self._probe_after = probe_after
-        self._last_activity = clock()
         self._failed = threading.Event()
         self.stats = SendStats()
         self._worker = threading.Thread(target=self._run, name=f"sender-{request_id}", daemon=True)
@@ -121,95 +194,47 @@ class FrameSender:
         return self._seq
 
     def delta(self, text: str) -> None:
-        if not text:
-            return
-        with self._cond:
+        if text:
             self.stats.deltas += 1
-            self._queue.append(("text", text))
-            # Only an idle worker needs waking: one holding text for the interval wakes on time.
-            if len(self._queue) == 1:
-                self._cond.notify()
+            self._outbox.put("text", text)
 
     def send(self, frame: dict[str, Any]) -> None:
         """Queue a control frame (start, end, error) after everything queued before it."""
-        with self._cond:
-            self._queue.append(("frame", frame))
-            self._cond.notify()
+        self._outbox.put("frame", frame)
 
     def close(self, timeout: float | None = None) -> SendStats:
         """Deliver everything queued, then stop the worker."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        self._outbox.close()
         self._worker.join(timeout)
         return self.stats
 
     # ------------------------------------------------------------------ worker side
 
     def _run(self) -> None:
-        while True:
-            work = self._next_work()
-            if work is None:
-                return
+        while (work := self._outbox.take()) is not None:
             kind, payload = work
             if kind == "probe":
-                if not self._check_alive():
-                    self._abandon()
-                    return
-                continue
-            if kind == "frame":
-                if not self._deliver(encode(payload)):
-                    self._abandon()
-                    return
-                continue
-            # Built outside the lock, so the reader never waits on JSON encoding or splitting.
-            pieces = split_text(payload, self.request_id, self._seq, self._max_frame_bytes)
-            for piece in pieces:
-                data = encode(delta_frame(self.request_id, self._seq, piece))
-                self._seq += 1
-                self._last_delta_start = self._clock()
-                if not self._deliver(data):
-                    self._abandon()
-                    return
-                self.stats.delta_frames += 1
-                if self.stats.first_delta_at is None:
-                    self.stats.first_delta_at = self._clock()
+                delivered = self._check_alive()
+            elif kind == "frame":
+                delivered = self._deliver(encode(payload))
+            else:
+                delivered = self._deliver_text(payload)
+            if not delivered:
+                self._outbox.clear()
+                return
 
-    def _next_work(self) -> tuple[str, Any] | None:
-        """Wait for work: a control frame, or all the text queued before the next control frame.
-
-        Text waits only for the minimum interval since the last delta frame *started*, so a
-        post slower than the interval is followed at once by the next frame: frames go out every
-        max(post round trip, min_interval), and never faster.
-        """
-        with self._cond:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return None
-                    due = self._probe_due_in()
-                    if due is not None and due <= 0:
-                        self._last_activity = self._clock()
-                        return "probe", None
-                    self._cond.wait(due)
-                    continue
-                kind, _ = self._queue[0]
-                if kind == "frame":
-                    return self._queue.popleft()
-                wait = self._interval_wait()
-                if wait > 0 and not self._closing and self._only_text_queued():
-                    self._cond.wait(wait)
-                    continue
-                text = []
-                while self._queue and self._queue[0][0] == "text":
-                    text.append(self._queue.popleft()[1])
-                return "text", "".join(text)
-
-    def _probe_due_in(self) -> float | None:
-        """Seconds until the idle connection is due a probe; None when it never is."""
-        if self._probe is None or self._gone.is_set():
-            return None
-        return self._last_activity + self._probe_after - self._clock()
+    def _deliver_text(self, text: str) -> bool:
+        # Built outside the outbox's lock, so the reader never waits on encoding or splitting.
+        for piece in split_text(text, self.request_id, self._seq, self._max_frame_bytes):
+            data = encode(delta_frame(self.request_id, self._seq, piece))
+            self._seq += 1
+            self._outbox.last_delta_start = self._clock()
+            if not self._deliver(data):
+                return False
+            self.stats.delta_frames += 1
+            if self.stats.first_delta_at is None:
+                self.stats.first_delta_at = self._clock()
+        return True
 
     def _check_alive(self) -> bool:
         """False when the probe found the client gone (the stream stops, as after a post)."""
@@ -218,49 +243,42 @@ class FrameSender:
             self._probe()
         except ConnectionGone:
             self._gone.set()
+            self._outbox.stop_probing()
             return False
         except Exception:  # unknown: the next post, or the next probe, will tell
             pass
         return True
 
-    def _only_text_queued(self) -> bool:
-        return all(kind == "text" for kind, _ in self._queue)
-
-    def _interval_wait(self) -> float:
-        if self._last_delta_start is None or self._min_interval <= 0:
-            return 0.0
-        return self._last_delta_start + self._min_interval - self._clock()
-
     def _deliver(self, data: bytes) -> bool:
-        """Post one frame, retrying throttles in place; False when the stream must stop."""
-        attempts = 0
-        throttled_since: float | None = None
-        backoff = 0.05
-        while True:
-            try:
-                self._post(data)
-                self.stats.frames += 1
-                self.stats.bytes += len(data)
-                self._last_activity = self._clock()
-                return True
-            except ConnectionGone:
-                self._gone.set()
-                return False
-            except Throttled:
+        """Post one frame under the retry policy; False when the stream must stop."""
+
+        def count(exc: Exception) -> None:
+            if isinstance(exc, Throttled):
                 self.stats.throttled += 1
-                now = self._clock()
-                throttled_since = throttled_since if throttled_since is not None else now
-                if now - throttled_since > self._throttle_budget:
-                    self._fail("API Gateway kept throttling the connection")
-                    return False
-            except PostFailed:
+            else:
                 self.stats.post_errors += 1
-                attempts += 1
-                if attempts >= self._max_post_attempts:
-                    self._fail("part of the answer could not be delivered")
-                    return False
-            self._sleep(random.uniform(backoff / 2, backoff))
-            backoff = min(backoff * 2, 1.0)
+
+        delivery = post_with_retry(
+            self._post,
+            data,
+            policy=self._policy,
+            clock=self._clock,
+            sleep=self._sleep,
+            on_retry=count,
+        )
+        if delivery is Delivery.SENT:
+            self.stats.frames += 1
+            self.stats.bytes += len(data)
+            self._outbox.last_activity = self._clock()
+            return True
+        if delivery is Delivery.GONE:
+            self._gone.set()
+            self._outbox.stop_probing()
+        elif delivery is Delivery.THROTTLED:
+            self._fail("API Gateway kept throttling the connection")
+        else:
+            self._fail("part of the answer could not be delivered")
+        return False
 
     def _fail(self, reason: str) -> None:
         """Tell the client (best effort), then stop."""
@@ -268,7 +286,3 @@ class FrameSender:
         # The client may be unreachable too; the outcome is already recorded.
         with contextlib.suppress(Exception):
             self._post(encode(error_frame(self.request_id, ErrorCode.INTERNAL, reason)))
-
-    def _abandon(self) -> None:
-        with self._cond:
-            self._queue.clear()

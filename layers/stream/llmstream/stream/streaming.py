@@ -14,26 +14,16 @@ from dataclasses import dataclass
 from ..core.envelope import PromptEnvelope
 from ..core.observability import logger
 from ..core.protocol import ErrorCode, FinishReason, end_frame, error_frame, start_frame
+from ..requests.record import Status
 from .providers.base import ChunkStream, LLMError, LLMTimeout, Provider, retry_before_first_token
 from .sender import FrameSender, SendStats
 from .signals import Signal
 
 
-class Outcome:
-    COMPLETED = "completed"
-    GONE = "client_gone"
-    LLM_ERROR = "llm_error"
-    TIMEOUT = "timeout"
-    DELIVERY_FAILED = "delivery_failed"
-    FAILED = "failed"
-    """A bug or an outage on our side; the client got an ``internal`` error frame."""
-    CANCELLED = "cancelled"
-    """The client cancelled; it got ``end`` with ``finishReason: "cancelled"``."""
-
-
 @dataclass
 class StreamResult:
-    outcome: str
+    outcome: Status
+    """How the answer ended: the request's status, as its record keeps it."""
     finish_reason: str | None
     input_tokens: int | None
     output_tokens: int | None
@@ -106,7 +96,7 @@ def stream_answer(
     first_token_at: float | None = None
     finish_reason: str | None = None
     input_tokens = output_tokens = None
-    outcome = Outcome.COMPLETED
+    outcome = Status.COMPLETED
     stream: ChunkStream | None = None
 
     finished = False
@@ -117,7 +107,7 @@ def stream_answer(
             finished = True
             on_finish()
 
-    def fail(code: ErrorCode, message: str, result: str) -> str:
+    def fail(code: ErrorCode, message: str, result: Status) -> Status:
         finish()
         sender.send(error_frame(rid, code, message))
         return result
@@ -143,10 +133,10 @@ def stream_answer(
                 if cancelled():
                     raise _Cancelled
                 if sender.gone:
-                    outcome = Outcome.GONE
+                    outcome = Status.GONE
                     break
                 if sender.failed:
-                    outcome = Outcome.DELIVERY_FAILED
+                    outcome = Status.DELIVERY_FAILED
                     break
                 if chunk.text:
                     if first_token_at is None:
@@ -163,18 +153,18 @@ def stream_answer(
                     outcome = fail(
                         ErrorCode.TIMEOUT,
                         "the answer was cut short: the function's time limit is near",
-                        Outcome.TIMEOUT,
+                        Status.TIMEOUT,
                     )
                     break
-        if outcome == Outcome.COMPLETED and _aborted(cancelled):
+        if outcome == Status.COMPLETED and _aborted(cancelled):
             raise _Cancelled  # the stream ended because it was aborted, not because it was done
     except _Cancelled:
-        outcome = Outcome.CANCELLED
+        outcome = Status.CANCELLED
     except Exception as exc:  # after an abort, whatever the read raised is the abort's reason
         if _aborted(cancelled):
-            outcome = Outcome.CANCELLED
+            outcome = Status.CANCELLED
         elif sender.gone:
-            outcome = Outcome.GONE
+            outcome = Status.GONE
         else:
             outcome = _failed(exc, fail)
     finally:
@@ -183,20 +173,20 @@ def stream_answer(
 
     finish()
     text = None if kept is None else "".join(kept)
-    if outcome in (Outcome.COMPLETED, Outcome.CANCELLED) and before_end is not None:
+    if outcome in (Status.COMPLETED, Status.CANCELLED) and before_end is not None:
         try:
             before_end(outcome, text or "")
         except Exception:  # the answer itself is fine: deliver its end all the same
             logger.exception("could not finish the turn")
-    if outcome == Outcome.COMPLETED:
+    if outcome == Status.COMPLETED:
         sender.send(
             end_frame(rid, normalise_finish_reason(finish_reason), input_tokens, output_tokens)
         )
-    elif outcome == Outcome.CANCELLED:
+    elif outcome == Status.CANCELLED:
         sender.send(end_frame(rid, FinishReason.CANCELLED.value, input_tokens, output_tokens))
     stats = sender.close()
-    if outcome == Outcome.COMPLETED and (sender.gone or sender.failed):
-        outcome = Outcome.GONE if sender.gone else Outcome.DELIVERY_FAILED
+    if outcome == Status.COMPLETED and (sender.gone or sender.failed):
+        outcome = Status.GONE if sender.gone else Status.DELIVERY_FAILED
     return StreamResult(
         outcome=outcome,
         finish_reason=finish_reason,
@@ -234,16 +224,16 @@ def _aborted(cancelled: Callable[[], bool]) -> bool:
     return isinstance(cancelled, Signal) and cancelled.acted
 
 
-def _failed(exc: Exception, fail: Callable[[ErrorCode, str, str], str]) -> str:
+def _failed(exc: Exception, fail: Callable[[ErrorCode, str, Status], Status]) -> Status:
     """The error frame and outcome of a stream that failed: the model's fault, or ours."""
     if isinstance(exc, LLMTimeout):
-        return fail(ErrorCode.TIMEOUT, exc.message, Outcome.TIMEOUT)
+        return fail(ErrorCode.TIMEOUT, exc.message, Status.TIMEOUT)
     if isinstance(exc, LLMError):
-        return fail(ErrorCode.LLM_ERROR, exc.message, Outcome.LLM_ERROR)
+        return fail(ErrorCode.LLM_ERROR, exc.message, Status.LLM_ERROR)
     # A bug or an outage of ours: still a frame in order, never a silent hang.
     logger.error("the stream failed", exc_info=exc)
     return fail(
-        ErrorCode.INTERNAL, "the answer failed on our side; send the prompt again", Outcome.FAILED
+        ErrorCode.INTERNAL, "the answer failed on our side; send the prompt again", Status.FAILED
     )
 
 

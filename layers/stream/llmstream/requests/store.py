@@ -1,0 +1,185 @@
+"""Data access for request records: every DynamoDB read and write of a record, one call each.
+
+What the calls mean (who may claim, when a lease is dead) is ``lifecycle``'s to decide; this
+module only says what each write changes and on what condition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr
+
+from ..core.dynamo import ConditionFailed, Table
+from ..core.envelope import Address
+from .record import RECORD_SEQ, Request, Status, address_item
+
+POLLED = (
+    "rid",
+    "status",
+    "connectionId",
+    "domainName",
+    "stage",
+    "attach",
+    "afterSeq",
+    "cancelRequested",
+    "resumable",
+)
+"""What the watcher reads several times a second: only what a cancel or a resume changes."""
+
+
+def _key(key: str) -> dict[str, Any]:
+    return {"requestId": key, "seq": RECORD_SEQ}
+
+
+def final_json(frame: dict[str, Any] | None) -> str | None:
+    return None if frame is None else json.dumps(frame, ensure_ascii=False)
+
+
+class RequestStore:
+    """The request records of one frames table."""
+
+    def __init__(self, dynamodb: Any, table: str, *, clock: Callable[[], float] = time.time):
+        self.table = Table(dynamodb, table)
+        self.clock = clock
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def read(self, key: str, *, polled: bool = False) -> Request | None:
+        """The record (or, ``polled``, the few fields the watcher needs); None when absent."""
+        item = self.table.get(_key(key), attributes=POLLED if polled else ())
+        return None if item is None else Request.from_item(item)
+
+    def create(self, key: str, fields: dict[str, Any]) -> bool:
+        """Write a new record; False when a live one holds the key (DynamoDB deletes expired
+        items lazily, so an expired one counts as absent)."""
+        try:
+            self.table.put(
+                {**_key(key), **fields},
+                condition=Attr("requestId").not_exists() | Attr("expiresAt").lt(self.now()),
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self.table.delete(_key(key))
+
+    def take(
+        self, key: str, *, status: Status, fields: dict[str, Any], defaults: dict[str, Any]
+    ) -> Request:
+        """Move a queued (or absent) record to ``status``, setting ``fields``, and ``defaults``
+        where the record has none. ConditionFailed, with the record, when it is neither."""
+        item = self.table.update(
+            _key(key),
+            set={"status": status.value, **fields},
+            set_if_absent=defaults,
+            condition=Attr("requestId").not_exists() | Attr("status").eq(Status.QUEUED.value),
+        )
+        return Request.from_item(item)
+
+    def take_over(self, key: str, lease_until_ms: int, fields: dict[str, Any]) -> Request:
+        """Of all the callers that find the same dead lease, exactly one wins this write: the
+        record becomes failed. ConditionFailed for the others."""
+        item = self.table.update(
+            _key(key),
+            set={"status": Status.FAILED.value, **fields},
+            remove=("leaseUntil",),
+            condition=Attr("status").eq(Status.STREAMING.value)
+            & Attr("leaseUntil").eq(lease_until_ms),
+        )
+        return Request.from_item(item)
+
+    def renew(self, key: str, lease_until_ms: int) -> Request | None:
+        """Extend the lease of a record that streams; its state, or None when it has ended."""
+        try:
+            item = self.table.update(
+                _key(key),
+                set={"leaseUntil": lease_until_ms},
+                condition=Attr("status").eq(Status.STREAMING.value),
+            )
+        except ConditionFailed:
+            return None
+        return Request.from_item(item)
+
+    def flag_cancelled(self, key: str, *, principal_id: str | None, connection_id: str) -> bool:
+        """Flag a live record cancelled; False when there is none the caller may cancel. With
+        auth on the caller must be its principal; with auth off, its connection."""
+        whose = (
+            Attr("owner").eq(principal_id)
+            if principal_id
+            else Attr("connectionId").eq(connection_id)
+        )
+        try:
+            self.table.update(
+                _key(key),
+                set={"cancelRequested": True},
+                condition=Attr("status").is_in([Status.QUEUED.value, Status.STREAMING.value])
+                & Attr("expiresAt").gt(self.now())
+                & whose,
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def move(self, key: str, seen: Request, address: Address, after_seq: int) -> bool:
+        """Point the record at ``address``, unless it changed since ``seen`` was read."""
+        try:
+            self.table.update(
+                _key(key),
+                set={**address_item(address), "afterSeq": after_seq, "attach": seen.attach + 1},
+                condition=Attr("attach").eq(seen.attach) & Attr("status").eq(seen.status.value),
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def settle(
+        self,
+        key: str,
+        *,
+        status: Status,
+        attach: int,
+        last_seq: int,
+        final: dict[str, Any] | None,
+        resumable_until: int,
+    ) -> bool:
+        """Record how the answer ended. False when a client resumed it since ``attach``: the
+        caller must move the answer to that client first, then settle again."""
+        fields: dict[str, Any] = {
+            "status": status.value,
+            "lastSeq": last_seq,
+            "resumableUntil": resumable_until,
+        }
+        if final is not None:
+            fields["final"] = final_json(final)
+        try:
+            self.table.update(
+                _key(key),
+                set=fields,
+                remove=("leaseUntil",),
+                condition=Attr("attach").eq(attach),
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def mark_replayed(self, key: str, attach: int) -> bool:
+        """Exactly one delivery replays a given resume; False for a duplicate or a stale one."""
+        try:
+            self.table.update(
+                _key(key),
+                set={"replayed": attach},
+                condition=Attr("attach").eq(attach)
+                & (Attr("replayed").not_exists() | Attr("replayed").lt(attach)),
+            )
+        except ConditionFailed:
+            return False
+        return True

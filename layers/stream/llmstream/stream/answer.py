@@ -1,0 +1,196 @@
+"""One claimed request's stream, and what is done around it: its conversation history, the
+relay in front of its client's connection, the watcher of its record, and how it is settled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from ..apigw.connection import Connection, close_quietly
+from ..core.envelope import Address, PromptEnvelope
+from ..core.observability import logger
+from ..core.protocol import ErrorCode, error_frame
+from ..core.settings import Settings
+from ..requests.frames import StoredFrames
+from ..requests.history import Conversations, History
+from ..requests.lifecycle import Requests
+from ..requests.record import Request, Status, owner_key
+from .providers.base import Provider
+from .relay import Relay
+from .sender import FrameSender
+from .signals import Signal
+from .streaming import StreamLimits, StreamResult, stream_answer
+from .watcher import Watcher
+
+
+class Answer:
+    """The stream of one request this invocation has claimed."""
+
+    def __init__(
+        self,
+        envelope: PromptEnvelope,
+        request: Request,
+        *,
+        settings: Settings,
+        requests: Requests,
+        dynamodb: Any,
+        connection: Callable[[Address], Connection],
+        provider: Callable[[PromptEnvelope], Provider],
+        remaining_time: Callable[[], float],
+        on_finish: Callable[[], None],
+    ) -> None:
+        self.envelope = envelope
+        self.key = owner_key(envelope.principal_id, envelope.request_id)
+        self.settings = settings
+        self.requests = requests
+        self.dynamodb = dynamodb
+        self.connection = connection
+        self.provider = provider
+        self.remaining_time = remaining_time
+        self.on_finish = on_finish
+        self.resumable = envelope.resumable and settings.resume_grace_seconds > 0
+        self.attach = request.attach
+        self.cancelled = Signal()
+        if request.cancel_requested:
+            self.cancelled.set()
+        self.relay = Relay(
+            self._start_connection(request),
+            envelope.request_id,
+            resumable=self.resumable,
+            grace=settings.resume_grace_seconds,
+        )
+
+    def _start_connection(self, request: Request) -> Connection:
+        conn = self.connection(self.envelope.address)
+        if request.attach > 0:  # resumed before it started: start on the new connection
+            with contextlib.suppress(ValueError):
+                conn = self.connect(request.address)
+        return conn
+
+    def connect(self, address: Address) -> Connection:
+        """A connection to ``address``, checked like the envelope's own endpoint."""
+        if not address.valid:
+            raise ValueError("invalid endpoint")
+        return self.connection(address)
+
+    def run(self) -> StreamResult:
+        settings, envelope, relay = self.settings, self.envelope, self.relay
+        llm = self.provider(envelope)
+        history, conversations = load_history(envelope, settings, self.dynamodb)
+        if history is not None and history.messages:
+            envelope = dataclasses.replace(envelope, messages=history.messages + envelope.messages)
+        sender = FrameSender(
+            relay.post,
+            envelope.request_id,
+            min_interval=settings.min_frame_interval,
+            max_frame_bytes=settings.max_frame_bytes,
+            probe=relay.probe,
+        )
+
+        def remember_turn(outcome: str, text: str) -> None:
+            if conversations is None or history is None or not text:
+                return
+            assert self.envelope.conversation_id is not None
+            conversations.append(
+                owner_key(self.envelope.principal_id, self.envelope.conversation_id),
+                history.next_turn,
+                request_id=self.envelope.request_id,
+                messages=self.envelope.messages,
+                answer=text,
+            )
+
+        watcher = Watcher(
+            self.requests,
+            self.key,
+            relay,
+            self.connect,
+            attach=self.attach,
+            interval=settings.control_poll_interval,
+            cancelled=self.cancelled,
+        )
+        with watcher:
+            result = stream_answer(
+                envelope,
+                llm,
+                sender,
+                system_prompt=settings.system_prompt,
+                limits=StreamLimits(
+                    read_timeout=settings.llm_stall_timeout,
+                    retry_budget=settings.llm_retry_budget,
+                    deadline_margin=settings.deadline_margin,
+                ),
+                remaining_time=self.remaining_time,
+                keep_text=settings.log_content,
+                on_finish=self.on_finish,
+                cancelled=self.cancelled,
+                before_end=remember_turn if conversations is not None else None,
+            )
+        self.attach = watcher.attach
+        if settings.log_content:
+            logger.info("completion", extra={"text": result.text})
+        self._settle(result, watcher)
+        reachable = not sender.gone and not relay.detached
+        if reachable and (not envelope.keep_open or result.outcome == Status.FAILED):
+            close_quietly(relay.current)
+        return result
+
+    def _settle(self, result: StreamResult, watcher: Watcher) -> None:
+        """Store a resumable answer's frames, then record how it ended. A client that resumed
+        after the watcher's last look gets the answer moved to it first."""
+        relay = self.relay
+        status, final = Status(result.outcome), relay.final
+        if relay.abandoned:
+            status = Status.GONE
+            final = error_frame(
+                self.envelope.request_id,
+                ErrorCode.TIMEOUT,
+                f"nobody resumed the answer within {self.settings.resume_grace_seconds:g} s, "
+                "so it was stopped; send the prompt again",
+            )
+        try:
+            if self.resumable:
+                StoredFrames(self.dynamodb, self.settings.frames_table).store(
+                    self.key,
+                    relay.texts,
+                    expires_at=self.requests.store.now() + self.requests.kept_seconds,
+                )
+            while not self.requests.settle(
+                self.key,
+                status=status,
+                attach=watcher.attach,
+                last_seq=len(relay.texts) - 1,
+                final=final if self.resumable else None,
+            ):
+                state = self.requests.read(self.key)
+                if state is None or state.attach <= watcher.attach:
+                    logger.error("the request's record changed unexpectedly")
+                    return
+                watcher.apply(state)
+            self.attach = watcher.attach
+        except Exception:  # the client has its answer; only a later resume would miss it
+            logger.exception("could not record the end of the request")
+
+
+def load_history(
+    envelope: PromptEnvelope, settings: Settings, dynamodb: Any
+) -> tuple[History | None, Conversations | None]:
+    """The stored turns of the envelope's conversation, if it names one."""
+    conversation_id = envelope.conversation_id
+    if conversation_id is None or settings.history_max_turns <= 0:
+        return None, None
+    conversations = Conversations(
+        dynamodb,
+        settings.conversations_table,
+        max_turns=settings.history_max_turns,
+        max_tokens=settings.history_max_tokens,
+        ttl_seconds=settings.history_ttl_seconds,
+    )
+    history = conversations.load(owner_key(envelope.principal_id, conversation_id))
+    logger.info(
+        "conversation loaded",
+        extra={"turns_kept": len(history.messages) // 2, "turns_dropped": history.dropped},
+    )
+    return history, conversations

@@ -1,0 +1,2 @@
+"""template.yaml's tests by concern: lint and build, IAM, routes, configuration, events,
+scanners."""
