@@ -32,8 +32,11 @@ $(CHECKOV): requirements-checkov.txt
 	mkdir -p $(CHECKOVVENV)/tools && ln -sf ../bin/checkov $@
 	touch $@
 
-## local: run the whole service on this machine (WebSocket gateway, SNS, mock LLM, chat page)
+## local: run the whole service on this machine (WebSocket gateway, SNS, mock LLM, chat page,
+## and the AI SDK example at /ai-sdk/ when npm is there to build it)
 local: $(BIN)/.installed
+	@command -v npm >/dev/null && (cd examples/ai-sdk-chat && { test -d node_modules || npm ci --no-audit --no-fund; } && npm run build >/dev/null) \
+	  || echo "examples/ai-sdk-chat not built (needs npm): /ai-sdk/ says how"
 	$(BIN)/python -m devstack
 
 ## test: every test, from nothing (creates the virtualenvs, installs, runs pytest)
@@ -53,6 +56,9 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/cfn-lint template.yaml
+	$(BIN)/mypy
+	for f in functions/*/app.py; do $(BIN)/mypy --check-untyped-defs $$f || exit 1; done
+	PYTHONPATH=layers/stream $(BIN)/lint-imports
 
 schema: $(BIN)/.installed
 	PYTHONPATH=layers/stream $(BIN)/python -m llmstream.core.schema > docs/protocol.schema.json

@@ -1,22 +1,38 @@
-"""Cold-start import cost of each handler, from ``python -X importtime`` in fresh interpreters.
+"""Cold start: what each handler's import costs on the built artifact (``sam build``'s
+.aws-sam/build) in the Lambda runtime's Python, python3.13, with the layer's bytecode and without
+it, against a bare ``import boto3`` in the same interpreter.
 
-Each case runs in a new interpreter with the environment Lambda gives a function (a function
-name, so Powertools' Tracer is live, and the handler's directory plus the layer on sys.path,
-as in /var/task and /opt/python), and reads the cumulative time of the top-level imports.
+Each case runs in a fresh interpreter with the environment Lambda gives the function (its
+template environment and a function name, so Powertools' Tracer is live wherever a handler builds
+it) and, as /var/task and /opt/python are, the function's built folder and the layer's python/
+first on sys.path. ``-X importtime`` gives the cumulative time of the top-level imports. *Without
+bytecode* runs a copy of the build with every __pycache__ removed, which is what a layer without
+.pyc files costs on Lambda's read-only /opt; no run writes bytecode (``-B``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import glob
 import os
+import platform
+import shutil
 import statistics
 import subprocess
-import sys
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from . import LAYER, ROOT
-from .report import imports_table
+from . import ROOT
+from .report import mark, table
 
 MARK = "-- benchmark mark --"
+BUILD = ROOT / ".aws-sam" / "build"
+LAYER = Path("StreamLayer") / "python"  # in the build
+BUDGET = 1.3
+"""Most a route handler's or the authorizer's import may cost, in bare ``import boto3``s."""
+MODES = ("without", "with")  # bytecode
 
 _FIRST_INVOCATION = f"""
 import sys
@@ -30,39 +46,149 @@ app._provider()
 @dataclass(frozen=True)
 class Case:
     label: str
-    function: str | None  # the function whose directory is on sys.path, like /var/task
+    function: str | None  # the function's logical ID (its built folder is /var/task); None: boto3
     code: str
     after_mark: bool = False  # the code writes MARK itself (to count only what follows it)
+    budget: bool = False  # held to BUDGET
 
 
 CASES = (
     Case("`import boto3` (baseline)", None, "import boto3"),
-    Case("message handler: `import app`", "message", "import app"),
-    Case("stream handler: `import app`", "stream", "import app"),
+    Case("message handler", "MessageFunction", "import app", budget=True),
+    Case("connect handler", "ConnectFunction", "import app", budget=True),
+    Case("disconnect handler", "DisconnectFunction", "import app", budget=True),
+    Case("authorizer", "AuthorizerFunction", "import app", budget=True),
+    Case("stream handler", "StreamFunction", "import app"),
+    Case("dead-letter handler", "DeadLetterFunction", "import app"),
     Case(
-        "stream handler: first invocation, building the LLM client "
+        "stream handler's first invocation, building the LLM client "
         "(`_provider()`: openai, Powertools parameters)",
-        "stream",
+        "StreamFunction",
         "import app\n" + _FIRST_INVOCATION,
         after_mark=True,
     ),
 )
 
 
+@dataclass(frozen=True)
+class Sample:
+    ms: float
+    modules: int
+    packages: frozenset[str]  # top-level packages imported
+
+
 @dataclass
-class ImportTime:
+class Row:
     case: Case
+    median_ms: dict[str, float]  # by mode
+    modules: int
+    packages: frozenset[str]
+
+    def ratio(self, mode: str, baseline: Row) -> float:
+        return self.median_ms[mode] / baseline.median_ms[mode]
+
+
+@dataclass
+class ColdStart:
+    rows: list[Row]
     runs: int
-    median_ms: float
-    min_ms: float
-    modules: int  # modules loaded by the case (median)
-    openai_loaded: bool
+    python: str  # the interpreter's version
+    build: str  # how the build was made
+    when: dt.datetime
+    load: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> Row:
+        return next(r for r in self.rows if r.case.function is None)
+
+    def within_budget(self, row: Row) -> bool:
+        return row.ratio("with", self.baseline) <= BUDGET
+
+
+# ---------------------------------------------------------------------------- tools
+
+
+def python313() -> str | None:
+    """The Lambda runtime's Python here: $PY313, python3.13 on PATH, or pyenv's."""
+    candidates = [os.environ.get("PY313"), shutil.which("python3.13")]
+    home = os.path.expanduser("~")
+    candidates += sorted(glob.glob(f"{home}/.pyenv/versions/3.13*/bin/python3.13"), reverse=True)
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == "3.13":
+            return candidate
+    return None
+
+
+def sam_cli() -> str | None:
+    beside = ROOT / ".venv-sam" / "bin" / "sam"
+    return str(beside) if beside.exists() else shutil.which("sam")
+
+
+def host_architecture() -> str:
+    """This machine's CPU as the template's Architecture parameter names it."""
+    machine = platform.machine().lower()
+    return {"aarch64": "arm64", "amd64": "x86_64"}.get(machine, machine)
+
+
+def build(python: str, progress: Callable[[str], None]) -> tuple[Path, str]:
+    """``sam build`` as ``make build`` runs it (samconfig.toml: cached, parallel), into BUILD;
+    for this machine's architecture if the template's default is another, whose native
+    extensions would not load here (into a folder of its own, leaving BUILD alone)."""
+    from devstack.template import Template
+
+    arch, default = host_architecture(), Template().parameters["Architecture"]
+    out, args = BUILD, ["build"]
+    if arch != default:
+        out = BUILD.with_name(f"build-{arch}")
+        overrides = ["--parameter-overrides", f"Architecture={arch}", "--no-cached"]
+        args += [*overrides, "--build-dir", str(out)]
+    how = "`sam build`, run for this measurement"
+    if arch != default:
+        how = (
+            f"`sam build --parameter-overrides Architecture={arch}`, run for this measurement "
+            f"(this machine's CPU; the template's default, {default}, differs in the native "
+            "extensions only)"
+        )
+    sam = sam_cli()
+    if sam is None:
+        if arch == default and (BUILD / LAYER).is_dir():
+            return BUILD, "the existing .aws-sam/build (no SAM CLI found to rebuild it)"
+        raise RuntimeError(f"no SAM CLI to build the template for {arch}: run `make build`")
+    progress(f"cold start: sam build ({arch})")
+    env = dict(os.environ, SAM_CLI_TELEMETRY="0")
+    env["PATH"] = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    done = subprocess.run([sam, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"sam build failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return out, how
+
+
+def without_bytecode(build_dir: Path, into: Path) -> Path:
+    """A copy of the layer and the functions of ``build_dir`` with no .pyc files."""
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for case in CASES:
+        if case.function and not (into / case.function).exists():
+            shutil.copytree(build_dir / case.function, into / case.function, ignore=skip)
+    shutil.copytree(build_dir / LAYER, into / LAYER, ignore=skip)
+    return into
+
+
+# ---------------------------------------------------------------------------- measuring
 
 
 def lambda_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
     env.update(
         AWS_LAMBDA_FUNCTION_NAME="bench-function",
+        AWS_EXECUTION_ENV="AWS_Lambda_python3.13",
         AWS_REGION="us-east-1",
         AWS_DEFAULT_REGION="us-east-1",
         AWS_ACCESS_KEY_ID="bench",
@@ -71,36 +197,54 @@ def lambda_env() -> dict[str, str]:
         POWERTOOLS_SERVICE_NAME="llm-stream",
         POWERTOOLS_METRICS_NAMESPACE="LlmStream",
     )
-    env.pop("PYTHONPATH", None)
+    for name in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):
+        env.pop(name, None)
+    return env
+
+
+def function_env(function: str | None) -> dict[str, str]:
+    """Lambda's environment for the function: the template's variables (AuthMode hmac, so that
+    the authorizer exists), over lambda_env()."""
+    env = lambda_env()
+    if function:
+        from devstack.template import Template
+
+        env.update(Template(parameters={"AuthMode": "hmac"}).environment(function))
+        env["AWS_LAMBDA_FUNCTION_NAME"] = function
     return env
 
 
 def parse_importtime(stderr: str) -> tuple[float, int, bool]:
     """After the mark: sum the cumulative µs of top-level imports, count modules, spot openai."""
+    total_us, modules, packages = _parse(stderr)
+    return total_us / 1000, modules, "openai" in packages
+
+
+def _parse(stderr: str) -> tuple[int, int, set[str]]:
     lines = stderr.splitlines()
     lines = lines[lines.index(MARK) + 1 :]
-    total_us, modules, openai = 0, 0, False
+    total_us, modules, packages = 0, 0, set()
     for line in lines:
         if not line.startswith("import time:") or "imported package" in line:
             continue
         _, _, rest = line.partition("import time:")
         _self_us, cumulative, name = rest.split("|", 2)
         modules += 1
-        openai = openai or name.strip().split(".")[0] == "openai"
+        packages.add(name.strip().split(".")[0])
         if not name.startswith("  "):  # top level: its cumulative covers everything it pulled in
             total_us += int(cumulative)
-    return total_us / 1000, modules, openai
+    return total_us, modules, packages
 
 
-def _run_once(case: Case, env: dict[str, str]) -> tuple[float, int, bool]:
-    path = [str(LAYER)] + ([str(ROOT / "functions" / case.function)] if case.function else [])
+def _run_once(python: str, case: Case, build_dir: Path, env: dict[str, str]) -> Sample:
+    path = ([str(build_dir / case.function)] if case.function else []) + [str(build_dir / LAYER)]
     prelude = f"import sys; sys.path[:0] = {path!r}\n"
     # The interpreter's own start-up imports come before the mark and are not counted.
-    mark = f"sys.stderr.write({MARK!r} + '\\n'); sys.stderr.flush()\n"
-    code = prelude + (case.code if case.after_mark else mark + case.code)
+    mark_line = f"sys.stderr.write({MARK!r} + '\\n'); sys.stderr.flush()\n"
+    code = prelude + (case.code if case.after_mark else mark_line + case.code)
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code],
-        cwd="/tmp",
+        [python, "-I", "-B", "-X", "importtime", "-c", code],
+        cwd=tempfile.gettempdir(),
         env=env,
         capture_output=True,
         text=True,
@@ -108,56 +252,134 @@ def _run_once(case: Case, env: dict[str, str]) -> tuple[float, int, bool]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"{case.label} failed:\n{done.stderr[-2000:]}")
-    return parse_importtime(done.stderr)
+    total_us, modules, packages = _parse(done.stderr)
+    return Sample(total_us / 1000, modules, frozenset(packages))
 
 
-def measure(runs: int = 7) -> list[ImportTime]:
-    """Median of ``runs`` fresh interpreters per case, cases interleaved so noise hits all alike.
+def measure(
+    runs: int = 7,
+    *,
+    build_dir: Path | None = None,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> ColdStart | None:
+    """Median of ``runs`` fresh interpreters per case and mode, all interleaved so that noise
+    hits them alike, after one discarded round that warms the file cache.
 
-    One discarded round first writes the bytecode caches, as a deployment package would carry.
+    Without ``build_dir``, measures what ``sam build`` makes of the template now. None when there
+    is no python3.13 to run it with.
     """
-    env = lambda_env()
-    samples: dict[Case, list[tuple[float, int, bool]]] = {case: [] for case in CASES}
-    for round_ in range(runs + 1):
-        for case in CASES:
-            sample = _run_once(case, env)
-            if round_:
-                samples[case].append(sample)
-    out = []
-    for case, rows in samples.items():
-        times = [ms for ms, _, _ in rows]
-        out.append(
-            ImportTime(
+    python = python313()
+    if python is None:
+        progress("cold start: skipped, no python3.13 (the Lambda runtime's Python) found")
+        return None
+    started = dt.datetime.now(dt.UTC)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if build_dir is None:
+        build_dir, how = build(python, progress)
+    else:
+        how = f"the build in {build_dir}"
+    version = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    envs = {case: function_env(case.function) for case in CASES}
+    with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
+        dirs = {"with": build_dir, "without": without_bytecode(build_dir, Path(tmp))}
+        samples: dict[tuple[Case, str], list[Sample]] = {(c, m): [] for c in CASES for m in MODES}
+        progress(f"cold start: {runs} fresh python{version} processes per case and mode")
+        for round_ in range(runs + 1):
+            for mode in MODES:
+                for case in CASES:
+                    sample = _run_once(python, case, dirs[mode], envs[case])
+                    if round_:
+                        samples[case, mode].append(sample)
+    rows = []
+    for case in CASES:
+        with_bytecode = samples[case, "with"]
+        rows.append(
+            Row(
                 case,
-                runs,
-                statistics.median(times),
-                min(times),
-                int(statistics.median(n for _, n, _ in rows)),
-                any(loaded for _, _, loaded in rows),
+                {m: statistics.median(s.ms for s in samples[case, m]) for m in MODES},
+                int(statistics.median(s.modules for s in with_bytecode)),
+                frozenset().union(*(s.packages for s in with_bytecode)),
             )
         )
-    return out
+    return ColdStart(rows, runs, version, how, started, load)
 
 
-def render_imports(rows: list[ImportTime]) -> list[str]:
+# ---------------------------------------------------------------------------- the document
+
+
+def cold_start_table(result: ColdStart) -> str:
+    base = result.baseline
+    out = []
+    for r in result.rows:
+        saved = 1 - r.median_ms["with"] / r.median_ms["without"]
+        out.append(
+            [
+                r.case.label,
+                f"{r.median_ms['without']:.0f}",
+                f"{r.ratio('without', base):.2f}×",
+                f"**{r.median_ms['with']:.0f}**",
+                f"**{r.ratio('with', base):.2f}×**",
+                f"{saved:.0%}",
+                str(r.modules),
+                "–" if r.case.after_mark else "yes" if "aws_xray_sdk" in r.packages else "no",
+                mark(result.within_budget(r)) if r.case.budget else "–",
+            ]
+        )
+    return table(
+        [
+            "what is imported",
+            "no bytecode: median ms",
+            "vs `import boto3`",
+            "with bytecode: median ms",
+            "vs `import boto3`",
+            "bytecode saves",
+            "modules",
+            "X-Ray SDK loaded",
+            f"≤ {BUDGET}× `import boto3`",
+        ],
+        out,
+    )
+
+
+def render_imports(result: ColdStart | None) -> list[str]:
+    head = ["## Cold start: import cost", ""]
+    if result is None:
+        return [*head, "(not run: no python3.13, the Lambda runtime's Python, on this machine)", ""]
+    budgeted = [r for r in result.rows if r.case.budget]
+    met = all(result.within_budget(r) for r in budgeted)
+    worst = max(budgeted, key=lambda r: r.ratio("with", result.baseline))
     return [
-        "## Cold start: import cost",
+        *head,
+        f"Run {result.when:%Y-%m-%d %H:%M} UTC, apart from the rest of this page, with Python "
+        f"{result.python} (the runtime's version) on {result.build}; load average "
+        f"{result.load:.1f} at the start.",
         "",
-        "`python -X importtime` in a fresh interpreter per run, the cumulative time of the "
-        "top-level imports, with Lambda's environment (a function name, so Powertools' Tracer "
-        "imports the X-Ray SDK as it does in Lambda) and the handler's directory and the layer on "
-        "`sys.path`. Bytecode caches are warm (one discarded round first). Median of "
-        f"{rows[0].runs if rows else 0} runs, the cases interleaved.",
+        "Each case is imported in a fresh interpreter with the function's environment from "
+        "template.yaml and a function name (so Powertools' Tracer is live where a handler "
+        "builds it), and the function's built folder and the layer's `python/` first on "
+        "`sys.path`, as `/var/task` and `/opt/python` are in Lambda. The figure is `python -X "
+        "importtime`'s cumulative time of the top-level imports. *No bytecode* is a copy of the "
+        "build without its `.pyc` files, what every cold start paid while the layer shipped "
+        "none (Lambda mounts `/opt` read-only, so nothing is ever cached there); *with "
+        "bytecode* is the layer as `sam build` makes it now. Ratios are against `import boto3` "
+        f"from the same layer in the same mode. Median of {result.runs} runs per case and mode, "
+        "all interleaved, after one discarded round.",
         "",
-        imports_table(rows),
+        cold_start_table(result),
         "",
-        "The message handler imports neither openai nor the layer's LLM code (a unit test "
-        "holds it to that), so the route that must answer the client at once never waits for "
-        "it. The stream handler imports openai on its first invocation, once per container "
-        "(`_provider()`, cached; `tests/unit/test_cold_start.py` holds it to that): the last row "
-        "is paid by the first prompt a container streams, after the client already has its "
-        "`accepted` frame. About two thirds of each handler's own import sits under "
-        "`aws_xray_sdk.core` (Powertools' Tracer, for active tracing; it also brings botocore "
-        "in, and ~90 ms of it is the SDK's own patching).",
+        f"{mark(met)} The route handlers and the authorizer, as deployed (with bytecode), "
+        f"import in at most {BUDGET}× `import boto3`: the slowest, the {worst.case.label}, in "
+        f"{worst.ratio('with', result.baseline):.2f}×. They do not build Powertools' Tracer, "
+        "which loads and patches the X-Ray SDK (`tests/unit/test_cold_start.py` holds them to "
+        "that); Lambda's active tracing still records them, and botocore forwards the trace "
+        "header, so a prompt's trace runs on through SNS to the stream function. The stream "
+        "and dead-letter handlers keep Tracer for their calls' subsegments. The stream "
+        "handler imports openai on its first invocation, once per container (the last row), "
+        "after the client already has its `accepted` frame.",
         "",
     ]

@@ -130,12 +130,22 @@ class Gateway:
     # ------------------------------------------------------------------ messages
 
     async def _consume(self, conn: Connection) -> None:
-        """Run one connection's messages in arrival order, one at a time."""
+        """Run each of one connection's messages as an integration call of its own, at once, as
+        API Gateway does: none waits for another, so their order is not promised. $disconnect
+        comes once the calls in flight have returned."""
+        running: set[asyncio.Future[None]] = set()
         while (body := await conn.inbox.get()) is not None:
-            try:
-                await self._route(conn, body)
-            except Exception:  # a bug here must not stop the connection's later messages
-                log.exception("routing a message failed")
+            call = asyncio.ensure_future(self._route_safely(conn, body))
+            running.add(call)
+            call.add_done_callback(running.discard)
+        if running:
+            await asyncio.gather(*running)
+
+    async def _route_safely(self, conn: Connection, body: str) -> None:
+        try:
+            await self._route(conn, body)
+        except Exception:  # a bug here must not stop the connection's other messages
+            log.exception("routing a message failed")
 
     async def _route(self, conn: Connection, body: str) -> None:
         route = select_route(body, self.config.routes)

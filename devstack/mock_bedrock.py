@@ -2,7 +2,9 @@
 bedrock-runtime client signs, sends and parses every frame (AWS_ENDPOINT_URL_BEDROCK_RUNTIME).
 
 A ``#mock tokens=N rate=R fail_after=K`` line in the last user message scripts an answer as for
-devstack/mock_llm.py (delta i is ``t{i} ``); ``reply()`` queues exact event lists for unit tests.
+devstack/mock_llm.py (delta i is ``t{i} ``; ``reasoning=N`` first streams a reasoning block of
+``r{i} `` deltas, as Claude's extended thinking does); ``reply()`` queues exact event lists for
+unit tests.
 """
 
 from __future__ import annotations
@@ -64,27 +66,51 @@ def exception(kind: str, message: str) -> bytes:
     return frame(headers, json.dumps({"message": message}).encode())
 
 
-def delta(text: str) -> bytes:
-    return event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": text}})
+def delta(text: str, block: int = 0) -> bytes:
+    return event("contentBlockDelta", {"contentBlockIndex": block, "delta": {"text": text}})
 
 
-def ending(stop: str = "end_turn", usage: tuple[int, int] = (12, 3)) -> list[bytes]:
+def reasoning_delta(text: str, block: int = 0) -> bytes:
+    body = {"contentBlockIndex": block, "delta": {"reasoningContent": {"text": text}}}
+    return event("contentBlockDelta", body)
+
+
+def reasoning_end(block: int = 0) -> list[bytes]:
+    """How a reasoning block ends: a delta with only its signature (for sending the reasoning
+    back in a later turn, never shown), then the block's stop."""
+    signed = {"reasoningContent": {"signature": "bW9jayBzaWduYXR1cmU="}}
+    return [
+        event("contentBlockDelta", {"contentBlockIndex": block, "delta": signed}),
+        event("contentBlockStop", {"contentBlockIndex": block}),
+    ]
+
+
+def ending(stop: str = "end_turn", usage: tuple[int, int] = (12, 3), block: int = 0) -> list[bytes]:
     """The events after the last delta: block stop, message stop, metadata with the usage."""
     tokens = {"inputTokens": usage[0], "outputTokens": usage[1], "totalTokens": sum(usage)}
     return [
-        event("contentBlockStop", {"contentBlockIndex": 0}),
+        event("contentBlockStop", {"contentBlockIndex": block}),
         event("messageStop", {"stopReason": stop}),
         event("metadata", {"usage": tokens, "metrics": {"latencyMs": 42}}),
     ]
 
 
-def answer(*texts: str, stop: str = "end_turn", usage: tuple[int, int] = (12, 3)) -> list[bytes]:
+def answer(
+    *texts: str,
+    reasoning: tuple[str, ...] = (),
+    stop: str = "end_turn",
+    usage: tuple[int, int] = (12, 3),
+) -> list[bytes]:
     """The events of a whole ConverseStream answer, as Bedrock sends them (a text block has
-    no contentBlockStart: only tool use blocks do)."""
+    no contentBlockStart: only tool use blocks do). ``reasoning`` deltas make block 0 a reasoning
+    block, and the text block 1."""
+    thinking = [*(reasoning_delta(r) for r in reasoning), *reasoning_end()] if reasoning else []
+    block = 1 if reasoning else 0
     return [
         event("messageStart", {"role": "assistant"}),
-        *(delta(t) for t in texts),
-        *ending(stop, usage),
+        *thinking,
+        *(delta(t, block) for t in texts),
+        *ending(stop, usage, block),
     ]
 
 
@@ -207,18 +233,28 @@ class MockBedrock:
         limit = (request.body.get("inferenceConfig") or {}).get("maxTokens")
         count = directive.tokens if limit is None else min(directive.tokens, limit)
         ends = [k for k in (count, directive.fail_after, directive.stall_after) if k is not None]
-        stop_at, start = min(ends), time.monotonic()
+        stop_at, start, thought = min(ends), time.monotonic(), directive.reasoning
         timed = [(start, event("messageStart", {"role": "assistant"}))]
-        timed += [(directive.due(start, i), delta(directive.token(i))) for i in range(stop_at)]
-        last = directive.due(start, stop_at)
+        timed += [
+            (directive.due(start, i), reasoning_delta(directive.reasoning_token(i)))
+            for i in range(thought)
+        ]
+        if thought:  # the signature and the block's end go right after its last delta
+            timed += [(directive.due(start, thought - 1), data) for data in reasoning_end()]
+        block = 1 if thought else 0
+        timed += [
+            (directive.due(start, thought + i), delta(directive.token(i), block))
+            for i in range(stop_at)
+        ]
+        last = directive.due(start, thought + stop_at)
         if directive.fail_after == stop_at:
             failure = f"mock failure requested by '#mock fail_after={stop_at}'"
             return [*timed, (last, exception("modelStreamErrorException", failure))]
         if directive.stall_after == stop_at:
             return [*timed, (float("inf"), b"")]
         stop = "max_tokens" if count < directive.tokens else "end_turn"
-        usage = (len(prompt.split()), count)
-        return [*timed, *((last, data) for data in ending(stop, usage))]
+        usage = (len(prompt.split()), thought + count)  # output tokens include the reasoning
+        return [*timed, *((last, data) for data in ending(stop, usage, block))]
 
 
 def _handler(mock: MockBedrock) -> type[BaseHTTPRequestHandler]:

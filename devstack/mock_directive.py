@@ -1,5 +1,5 @@
 """The ``#mock key=value ...`` line that scripts a mock model's answer (token count, pace,
-failures, stalls), shared by the mock LLM and the mock Bedrock endpoint.
+reasoning, failures, stalls), shared by the mock LLM and the mock Bedrock endpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +32,18 @@ def _whole(key: str, value: str) -> int:
     return number
 
 
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+"""Where the mock LLM puts reasoning deltas: DeepSeek's, vLLM's and LiteLLM's field, or
+OpenRouter's."""
+
+
+def _reasoning_field(key: str, value: str) -> str:
+    if value not in REASONING_FIELDS:
+        expected = " or ".join(REASONING_FIELDS)
+        raise DirectiveError(f"#mock {key}={value!r}: expected {expected}")
+    return value
+
+
 def _seconds(key: str, value: str) -> float:
     try:
         number = float(value)
@@ -53,9 +65,11 @@ class Directive:
     stall_after: int | None = None
     status: int | None = None
     status_times: int | None = None
+    reasoning: int = 0  # reasoning tokens streamed before the answer's, at the same pace
+    reasoning_field: str = REASONING_FIELDS[0]  # the OpenAI-style delta field that carries them
     line: str = ""  # the #mock line as written; empty for the default reply
 
-    KEYS: ClassVar[dict[str, Callable[[str, str], int | float]]] = {
+    KEYS: ClassVar[dict[str, Callable[[str, str], int | float | str]]] = {
         "tokens": _whole,
         "rate": _seconds,
         "first_token_delay": _seconds,
@@ -63,6 +77,8 @@ class Directive:
         "stall_after": _whole,
         "status": _whole,
         "status_times": _whole,
+        "reasoning": _whole,
+        "reasoning_field": _reasoning_field,
     }
 
     @classmethod
@@ -94,8 +110,13 @@ class Directive:
     def token(self, i: int) -> str:
         return f"t{i} " if self.scripted else REPLY_TOKENS[i % len(REPLY_TOKENS)]
 
+    def reasoning_token(self, i: int) -> str:
+        return f"r{i} "
+
     def due(self, start: float, i: int) -> float:
-        """When token ``i`` is due: timed from the start, so sleep overshoot never accumulates."""
+        """When token ``i`` of the whole stream is due (the reasoning tokens come first, so the
+        answer's token ``k`` is ``reasoning + k``): timed from the start, so sleep overshoot
+        never accumulates."""
         if self.rate <= 0 or math.isinf(self.rate):
             return start + self.first_token_delay
         return start + self.first_token_delay + i / self.rate

@@ -32,7 +32,8 @@ class RecordedRequest:
     """One chat completions request as the server saw it. Times are ``time.monotonic()`` values.
 
     For streamed requests ``tokens_sent`` and ``token_times`` count content deltas written to the
-    socket; for non-streamed ones, tokens generated before the single response was written.
+    socket (``reasoning_sent`` the reasoning deltas before them); for non-streamed ones, tokens
+    generated before the single response was written.
     Each field changes just after the bytes leave, so a client may see them first: use
     ``MockLLM.wait_for`` rather than reading a record the moment a response ends.
     """
@@ -42,6 +43,7 @@ class RecordedRequest:
     started_at: float
     status: int = 200
     tokens_sent: int = 0
+    reasoning_sent: int = 0
     completed: bool = False  # the whole answer went out: finish_reason (and [DONE] when streamed)
     client_closed: bool = False  # the client went away before the answer was complete
     first_token_at: float | None = None
@@ -139,9 +141,13 @@ class MockLLM:
                 setattr(record, name, value)
             self._changed.notify_all()
 
-    def _token_sent(self, record: RecordedRequest) -> None:
+    def _token_sent(self, record: RecordedRequest, *, reasoning: bool = False) -> None:
         now = time.monotonic()
         with self._changed:
+            if reasoning:
+                record.reasoning_sent += 1
+                self._changed.notify_all()
+                return
             record.tokens_sent += 1
             record.token_times.append(now)
             if record.first_token_at is None:
@@ -242,19 +248,20 @@ class _Handler(StreamingHandler):
             return answer.envelope("chat.completion.chunk", choices=[choice], **usage_field)
 
         role = chunk({"role": "assistant", "content": "", "refusal": None})
-        for i in range(answer.stop_at):
+        deltas = answer.deltas()
+        for i, (delta, reasoning) in enumerate(deltas):
             self._pause_until(directive.due(start, i))
             if i == 0:
                 self._event(role)
-            self._event(chunk({"content": directive.token(i)}))
-            mock._token_sent(record)
+            self._event(chunk(delta))
+            mock._token_sent(record, reasoning=reasoning)
         if answer.fails:
-            self._pause_until(directive.due(start, answer.stop_at))
+            self._pause_until(directive.due(start, len(deltas)))
             self._event(answer.failure(), last=True)
             return
         if answer.stalls:
             self._pause_until(math.inf)  # ends only by raising: client gone or server stopping
-        if answer.count == 0:
+        if not deltas:
             self._pause_until(directive.due(start, 0))
             self._event(role)
         self._event(chunk({}, answer.finish_reason))
@@ -265,16 +272,19 @@ class _Handler(StreamingHandler):
 
     def _complete(self, record: RecordedRequest, answer: Answer) -> None:
         mock, directive = self.server.mock, answer.directive
-        for i in range(answer.stop_at):
+        deltas = answer.deltas()
+        for i, (_, reasoning) in enumerate(deltas):
             self._pause_until(directive.due(record.started_at, i))
-            mock._token_sent(record)
+            mock._token_sent(record, reasoning=reasoning)
         if answer.fails:
-            self._pause_until(directive.due(record.started_at, answer.stop_at))
+            self._pause_until(directive.due(record.started_at, len(deltas)))
             return self._refuse(record, Refusal(500, answer.failure()["error"]["message"]))
         if answer.stalls:
             self._pause_until(math.inf)
         text = "".join(directive.token(i) for i in range(answer.count))
         message = {"role": "assistant", "content": text, "refusal": None}
+        if directive.reasoning:
+            message[directive.reasoning_field] = answer.reasoning_text
         choice = {
             "index": 0,
             "message": message,

@@ -74,12 +74,32 @@ class Answer:
         return not self.fails and self.directive.stall_after == self.stop_at
 
     @property
-    def usage(self) -> dict[str, int]:
-        return {
+    def usage(self) -> dict[str, Any]:
+        """As OpenAI counts: completion tokens include the reasoning tokens, broken out apart."""
+        reasoning = self.directive.reasoning
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.count,
-            "total_tokens": self.prompt_tokens + self.count,
+            "completion_tokens": self.count + reasoning,
+            "total_tokens": self.prompt_tokens + self.count + reasoning,
         }
+        if reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        return usage
+
+    def deltas(self) -> list[tuple[dict[str, Any], bool]]:
+        """The deltas to stream, each with whether it is reasoning: every reasoning token in the
+        directive's field (``content`` null, as DeepSeek sends it), then the answer's tokens up to
+        where the answer ends."""
+        d = self.directive
+        thinking = [
+            ({"content": None, d.reasoning_field: d.reasoning_token(i)}, True)
+            for i in range(d.reasoning)
+        ]
+        return thinking + [({"content": d.token(i)}, False) for i in range(self.stop_at)]
+
+    @property
+    def reasoning_text(self) -> str:
+        return "".join(self.directive.reasoning_token(i) for i in range(self.directive.reasoning))
 
     def envelope(self, obj: str, **rest: Any) -> dict[str, Any]:
         return {

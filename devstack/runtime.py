@@ -203,11 +203,12 @@ class Runtime:
 def _report(inv: Invocation) -> None:
     """Lambda's REPORT line."""
     memory = f"{inv.max_memory_mb:.0f} MB" if inv.max_memory_mb else "n/a"
+    failure = "" if inv.ok or inv.error is None else f" Error: {inv.error.get('errorType')}"
     log.info(
         "REPORT %s RequestId: %s Duration: %.2f ms Max Memory Used: %s%s",
         inv.function,
         inv.request_id,
         inv.duration_ms,
         memory,
-        "" if inv.ok else f" Error: {inv.error.get('errorType')}",
-    )  # type: ignore[union-attr]
+        failure,
+    )

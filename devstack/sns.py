@@ -159,4 +159,4 @@ def patch_moto() -> None:
         return None
 
     publish._devstack = True  # type: ignore[attr-defined]
-    MotoSubscription.publish = publish
+    MotoSubscription.publish = publish  # type: ignore[method-assign]

@@ -64,11 +64,13 @@ class Connection:
         async with self.send_lock:
             if isinstance(data, bytes):
                 try:
-                    data = data.decode("utf-8")
+                    text = data.decode("utf-8")
                 except UnicodeDecodeError:
                     await self.ws.send_bytes(data)
                     return
-            await self.ws.send_str(data)
+            else:
+                text = data
+            await self.ws.send_str(text)
 
     async def reply(self, data: dict[str, Any] | str) -> None:
         """A route's response: sent if the socket is open, else dropped, as API Gateway does."""

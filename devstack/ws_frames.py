@@ -41,7 +41,9 @@ class FrameGuard:
                 WSCloseCode.MESSAGE_TOO_BIG,
                 f"frame of {size} bytes exceeds the {self._limit}-byte frame limit",
             )
-            self._ws._reader.set_exception(exc)  # what aiohttp does for an oversized message
+            reader = self._ws._reader
+            if reader is not None:  # what aiohttp does for an oversized message
+                reader.set_exception(exc)
             return True, b""
         return self._inner.feed_data(data)
 

@@ -2,7 +2,8 @@
 // service (`conversationId`), a Stop button (`cancel`), and automatic `resume` when the socket
 // drops mid-answer: it reconnects and asks for the deltas after the last seq it has, so the
 // answer goes on in the same bubble with nothing missing or repeated. Frames are rendered as they
-// arrive (accepted/start/delta/end/error, see docs/protocol.md and docs/sessions.md).
+// arrive (accepted/start/reasoning/delta/end/error, see docs/protocol.md and docs/sessions.md);
+// a reasoning model's thinking goes into a folded "Reasoning" section above the answer.
 
 const CONNECT_TIMEOUT_MS = 10_000;
 const RETRY_DELAYS_MS = [500, 1000, 2000]; // backoff between connection attempts for one send
@@ -76,7 +77,7 @@ function follow(update) {
 class Turn {
   constructor(prompt) {
     this.requestId = newId();
-    this.nextSeq = 0;
+    this.nextSeq = 0; // reasoning and delta frames share one gapless seq
     this.done = false;
     this.cancelling = false;
     this.resumes = 0;
@@ -90,6 +91,7 @@ class Turn {
     this.meta = element("div", "meta");
     this.meta.title = `requestId ${this.requestId}`;
     this.text = element("div", "text");
+    this.reasoning = null; // the folded <details> above the answer, made on the first reasoning
     this.bubble.append(this.meta, this.text);
     this.setStatus("sending");
 
@@ -125,9 +127,13 @@ class Turn {
         this.meta.textContent = frame.model ?? "";
         this.setStatus("streaming");
         break;
+      case "reasoning":
+        this.resumed();
+        if (this.takeSeq(frame.seq)) follow(() => this.reasoningText().append(frame.text ?? ""));
+        break;
       case "delta":
         this.resumed();
-        this.delta(frame.seq, frame.text ?? "");
+        if (this.takeSeq(frame.seq)) follow(() => this.text.append(frame.text ?? ""));
         break;
       case "end":
         this.resumed();
@@ -142,15 +148,27 @@ class Turn {
     }
   }
 
-  delta(seq, text) {
-    if (!Number.isInteger(seq) || seq < this.nextSeq) return; // malformed, or a repeat
+  /** Whether a reasoning or delta frame's ``seq`` is new (it is then counted, and a gap before
+   *  it reported); false for a malformed seq or a repeat, whose text must not be shown. */
+  takeSeq(seq) {
+    if (!Number.isInteger(seq) || seq < this.nextSeq) return false;
     if (seq > this.nextSeq) {
       const missing = seq - 1 > this.nextSeq ? `${this.nextSeq}–${seq - 1}` : `${this.nextSeq}`;
-      this.notice("warning", `Missing part of the answer (delta seq ${missing}).`);
+      this.notice("warning", `Missing part of the answer (seq ${missing}).`);
     }
     this.nextSeq = seq + 1;
     this.setStatus("streaming");
-    follow(() => this.text.append(text));
+    return true;
+  }
+
+  /** Where reasoning text goes: a folded section above the answer, made when first needed. */
+  reasoningText() {
+    if (!this.reasoning) {
+      this.reasoning = element("details", "reasoning");
+      this.reasoning.append(element("summary", "", "Reasoning"), element("div", "reasoning-text"));
+      this.text.before(this.reasoning);
+    }
+    return this.reasoning.lastElementChild;
   }
 
   /** The socket dropped mid-answer: say so until the answer flows again. */
@@ -429,7 +447,8 @@ async function configure() {
   offerModels(config.models);
   if (config.mockLlm) {
     ui.hint.textContent =
-      "Mock LLM: a line like #mock tokens=200 rate=20 in your message scripts the answer.";
+      "Mock LLM: a line like #mock tokens=200 rate=20 in your message scripts the answer " +
+      "(reasoning=30 thinks first).";
     ui.hint.hidden = false;
   }
   ui.url.dispatchEvent(new Event("change"));

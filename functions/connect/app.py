@@ -8,14 +8,13 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEven
 from llmstream.auth import chosen_subprotocol
 from llmstream.connections.table import add_connection
 from llmstream.core.clients import aws
-from llmstream.core.observability import logger, tracer
+from llmstream.core.observability import logger
 from llmstream.core.settings import get_settings
 
 settings = get_settings().require("connections_table")
 
 
 @logger.inject_lambda_context(log_event=False)  # the query string may hold a token
-@tracer.capture_lambda_handler
 @event_source(data_class=APIGatewayWebSocketEvent)
 def lambda_handler(event: APIGatewayWebSocketEvent, context):
     ctx = event.request_context

@@ -11,7 +11,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent, event_source
 from llmstream.core.clients import aws
 from llmstream.core.envelope import Address
-from llmstream.core.observability import logger, metrics, tracer
+from llmstream.core.observability import logger, metrics
 from llmstream.core.protocol import encode
 from llmstream.core.settings import get_settings
 from llmstream.intake.accept import Caller, accept_message, publish_prompt
@@ -43,7 +43,6 @@ def _requests():
 
 @metrics.log_metrics
 @logger.inject_lambda_context(log_event=False)  # the body holds the prompt
-@tracer.capture_lambda_handler
 @event_source(data_class=APIGatewayWebSocketEvent)
 def lambda_handler(event: APIGatewayWebSocketEvent, context):
     ctx = event.request_context
@@ -62,11 +61,15 @@ def lambda_handler(event: APIGatewayWebSocketEvent, context):
         limits=_limits(),
         requests=_requests(),
     )
+    if frame is None:  # the AI SDK transport's frames are answered with nothing when all is well
+        metrics.add_metric(name="RequestsAccepted", unit=MetricUnit.Count, value=1)
+        logger.info("accepted")
+        return {"statusCode": 200}
     logger.append_keys(request_id=frame["requestId"])
     if frame["type"] == "accepted":
         metrics.add_metric(name="RequestsAccepted", unit=MetricUnit.Count, value=1)
         logger.info("accepted")
     else:
         metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
-        logger.info("rejected", extra={"code": frame["code"]})
+        logger.info("rejected", extra={"code": frame.get("code") or frame["type"]})
     return {"statusCode": 200, "body": encode(frame).decode("utf-8")}

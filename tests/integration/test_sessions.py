@@ -363,3 +363,56 @@ def test_only_the_same_principal_may_resume_or_cancel_an_answer(hmac_stack: Loca
     assert seen_again[-1]["type"] == "end" and seen_again[-1]["finishReason"] == "cancelled"
     both = seqs(seen_alice) + seqs(seen_again)
     assert both == list(range(len(both)))
+
+
+# --------------------------------------------------------------------------- races
+#
+# The local gateway, like API Gateway, runs one connection's messages at once: two frames sent
+# back to back may be handled in either order. Each scenario runs a few times to meet both.
+
+
+def test_a_cancel_sent_right_behind_its_send_always_cancels_it(stack: LocalStack) -> None:
+    async def scenario() -> list[Frame]:
+        async with websockets.connect(stack.ws_url, open_timeout=60) as ws:
+            ends = []
+            for _ in range(4):
+                rid = new_id("raced")
+                await ws.send(send(rid, "#mock tokens=400 rate=100", keepOpen=True))
+                await ws.send(cancel(rid))
+                frames: list[Frame] = []
+                # A cancel handled before its send is answered not_found, and held: either way
+                # the answer ends cancelled.
+                ends.append(
+                    await read_until(
+                        ws, frames, lambda f, r=rid: f["type"] == "end" and f["requestId"] == r
+                    )
+                )
+            return ends
+
+    ends = run(scenario())
+    assert [(f["type"], f.get("finishReason")) for f in ends] == [("end", "cancelled")] * 4
+
+
+def test_a_resume_and_a_cancel_sent_back_to_back_always_stop_the_answer(stack: LocalStack) -> None:
+    """What the chat page does on Stop after a reconnect: resume, then cancel, at once."""
+
+    async def one() -> tuple[str, list[Frame]]:
+        rid = new_id("stop-after-drop")
+        seen_a: list[Frame] = []
+        async with websockets.connect(stack.ws_url, open_timeout=60) as a:
+            await a.send(send(rid, "#mock tokens=400 rate=100", resumable=True))
+            await read_until(a, seen_a, lambda f: len(deltas(seen_a)) == 3)
+        seen_b: list[Frame] = []
+        async with websockets.connect(stack.ws_url, open_timeout=60) as b:
+            await b.send(resume(rid, seqs(seen_a)[-1]))
+            await b.send(cancel(rid))
+            await read_to_close(b, seen_b)
+        return rid, seen_b
+
+    async def scenario() -> list[tuple[str, list[Frame]]]:
+        return [await one() for _ in range(3)]
+
+    for rid, seen_b in run(scenario()):
+        replies = [f for f in seen_b if f["type"] in ("accepted", "error") and "code" not in f]
+        assert len(replies) == 2, seen_b  # the resume and the cancel were both accepted
+        assert seen_b[-1]["type"] == "end" and seen_b[-1]["finishReason"] == "cancelled", rid

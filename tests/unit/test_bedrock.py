@@ -19,7 +19,7 @@ from llmstream.stream.providers.bedrock import BedrockProvider, bedrock_client
 from llmstream.stream.sender import FrameSender
 from llmstream.stream.streaming import stream_answer
 
-from devstack.mock_bedrock import MockBedrock, Reply, answer, event, exception
+from devstack.mock_bedrock import MockBedrock, Reply, answer, event, exception, reasoning_delta
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 SECRET = "SECRET PROMPT"
@@ -329,3 +329,73 @@ def test_one_client_serves_each_whole_second_of_read_timeout():
         assert config.retries["total_max_attempts"] == 1
     finally:
         bedrock._client.cache_clear()
+
+
+# ----------------------------------------------------------------------------- reasoning
+
+
+def test_reasoning_deltas_become_reasoning_chunks_and_their_signature_is_dropped(
+    mock_bedrock, provider
+):
+    mock_bedrock.reply(Reply(answer("It is ", "4.", reasoning=("2 plus ", "2..."), usage=(5, 9))))
+    chunks = list(ask(provider))
+    assert chunks == [
+        Chunk(reasoning="2 plus "),
+        Chunk(reasoning="2..."),
+        Chunk(text="It is "),
+        Chunk(text="4."),
+        Chunk(finish_reason="stop"),
+        Chunk(input_tokens=5, output_tokens=9),
+    ]
+
+
+def test_the_mock_streams_exactly_n_reasoning_deltas_in_a_block_of_their_own_before_the_text(
+    mock_bedrock,
+):
+    response = mock_bedrock.client(5).converse_stream(
+        modelId=MODEL,
+        messages=[{"role": "user", "content": [{"text": "#mock reasoning=4 tokens=2 rate=0"}]}],
+    )
+    deltas = [
+        (e["contentBlockDelta"]["contentBlockIndex"], e["contentBlockDelta"]["delta"])
+        for e in response["stream"]
+        if "contentBlockDelta" in e
+    ]
+    thinking = [(i, d["reasoningContent"]) for i, d in deltas if "reasoningContent" in d]
+    assert [r.get("text") for _, r in thinking] == ["r0 ", "r1 ", "r2 ", "r3 ", None]
+    assert "signature" in thinking[-1][1]  # the block ends signed, as Claude's thinking does
+    assert deltas[len(thinking) :] == [(1, {"text": "t0 "}), (1, {"text": "t1 "})]
+    assert {i for i, _ in thinking} == {0}
+
+
+def test_a_mock_line_with_reasoning_streams_reasoning_then_the_answer_through_the_provider(
+    provider,
+):
+    prompt = "#mock reasoning=3 tokens=2 rate=0 first_token_delay=0"
+    chunks = list(ask(provider, messages=[{"role": "user", "content": prompt}]))
+    assert [c.reasoning for c in chunks if c.reasoning] == ["r0 ", "r1 ", "r2 "]
+    assert [c.text for c in chunks if c.text] == ["t0 ", "t1 "]
+    assert [bool(c.reasoning) for c in chunks if c.reasoning or c.text] == [True] * 3 + [False] * 2
+    assert chunks[-1] == Chunk(input_tokens=5, output_tokens=5)  # reasoning counts as output
+
+
+def test_a_throttling_event_after_reasoning_is_final_because_the_client_saw_the_reasoning(
+    mock_bedrock, provider
+):
+    mock_bedrock.reply(
+        Reply(
+            [
+                event("messageStart", {"role": "assistant"}),
+                reasoning_delta("Let me think. "),
+                exception("throttlingException", ""),
+            ]
+        ),
+        Reply(answer("a retry would repeat the reasoning")),
+    )
+    stream = retry_before_first_token(lambda: ask(provider), budget=10, sleep=lambda _s: None)
+    seen = []
+    with pytest.raises(LLMError) as raised:
+        for chunk in stream:
+            seen.append(chunk.reasoning)
+    assert seen == ["Let me think. "]
+    assert not raised.value.retryable and len(mock_bedrock.requests) == 1

@@ -282,6 +282,60 @@ def test_a_cancel_that_arrives_while_the_request_is_queued_skips_the_model(world
     assert world.mock_llm.requests == []
 
 
+def test_a_cancel_recorded_after_the_claim_but_before_the_model_call_skips_the_call(
+    world: World,
+):
+    """The watcher looks only every CONTROL_POLL_MS; the record is read once more just before
+    the model is called, so a cancel that came in between still skips the call."""
+    world.settings = settings(control_poll_interval=60.0)  # the watcher would not see it in time
+    world.send("conn-a", **prompt("late", "#mock tokens=5"))
+
+    def cancel_then_build(envelope):  # runs after the claim, before the model is called
+        assert world.send("conn-a", action="cancel", requestId="late")["type"] == "accepted"
+        return world.model()
+
+    world.stream(provider=cancel_then_build)
+    assert [f["type"] for f in world.connections["conn-a"].frames] == ["start", "end"]
+    assert world.connections["conn-a"].frames[-1]["finishReason"] == "cancelled"
+    assert world.mock_llm.requests == []
+
+
+def test_a_cancel_that_overtakes_its_send_still_cancels_it(world: World):
+    """API Gateway runs one connection's messages in no fixed order: the cancel may be handled
+    before the sendMessage it follows. It is held, and the request starts cancelled."""
+    early = world.send("conn-a", action="cancel", requestId="raced")
+    assert early["code"] == "not_found"  # nothing to cancel yet; the cancel waits for it
+    assert world.send("conn-a", **prompt("raced", "#mock tokens=5"))["type"] == "accepted"
+    world.stream()
+    frames = world.connections["conn-a"].frames
+    assert [f["type"] for f in frames] == ["start", "end"]
+    assert frames[-1]["finishReason"] == "cancelled"
+    assert frames[-1]["usage"] == {"inputTokens": None, "outputTokens": None}
+    assert world.mock_llm.requests == []
+    # Held for its own connection only: another's send of the same id is not cancelled by it.
+    world.send("conn-b", action="cancel", requestId="other")
+    assert world.send("conn-c", **prompt("other", "#mock tokens=1"))["code"] == "bad_request"
+
+
+def test_a_cancel_from_the_new_connection_before_its_resume_lands_still_stops_the_answer(
+    world: World,
+):
+    """The chat page sends resume and cancel back to back; handled in either order, the cancel
+    stops the answer: with auth off, the id of a resumable answer is what may cancel it."""
+    world.send("conn-a", **prompt("moving", "#mock tokens=400 rate=100", resumable=True))
+    a = world.connection("conn-a")
+    streaming = threading.Thread(target=world.stream)
+    streaming.start()
+    assert world.mock_llm.wait_for(lambda: len(a.deltas()) >= 3, timeout=10)
+    cancel = world.send("conn-b", action="cancel", requestId="moving")  # before the resume
+    resume = world.send("conn-b", action="resume", requestId="moving", afterSeq=a.seqs()[-1])
+    streaming.join(20)
+    assert cancel == {"type": "accepted", "requestId": "moving"}
+    assert resume["type"] == "accepted"
+    assert world.requests.read("anon#moving").status == Status.CANCELLED
+    assert world.mock_llm.requests[-1].tokens_sent < 400
+
+
 def test_only_the_connection_or_the_principal_that_owns_an_answer_may_cancel_it(world: World):
     world.send("conn-a", **prompt("anon-r", "#mock tokens=5"))
     world.send("conn-c", "carol", **prompt("carol-r", "#mock tokens=5"))

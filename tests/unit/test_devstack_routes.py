@@ -1,4 +1,5 @@
-"""The local stack's route table, function limits and environment match template.yaml."""
+"""The local stack's route table, function limits and environment, as devstack reads them from
+template.yaml, match the template as cfn-lint decodes it."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import pytest
 from devstack.mock_bedrock import MockBedrock
 from devstack.routes import (
     AUTHORIZER_IDENTITY_SOURCE,
-    FUNCTIONS,
     ROUTE_SELECTION_EXPRESSION,
     ROUTES,
     STREAM_FILTER_ATTRIBUTE,
     select_route,
 )
 from devstack.stack import BEDROCK_MODEL_ID, LocalStack, StackConfig
+from devstack.template import Template
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -99,17 +100,20 @@ def test_function_timeouts_memory_and_async_retries_match_the_template(
     template: dict[str, Any],
 ) -> None:
     globals_ = template["Globals"]["Function"]
-    for folder, defaults in FUNCTIONS.items():
-        props = template["Resources"][defaults.logical_id]["Properties"]
-        assert _function_folder(template, defaults.logical_id) == folder
-        assert props.get("Timeout", globals_["Timeout"]) == defaults.timeout
+    # Every condition on, so every function the template declares is read.
+    functions = Template(parameters={"AuthMode": "hmac", "EnableBedrockFanout": "true"}).functions()
+    assert set(functions) == set(_resources(template, "AWS::Serverless::Function"))
+    for logical_id, function in functions.items():
+        props = template["Resources"][logical_id]["Properties"]
+        assert _function_folder(template, logical_id) == function.folder
+        assert props.get("Timeout", globals_["Timeout"]) == function.timeout
         assert (
             int(_resolve(template, props.get("MemorySize", globals_["MemorySize"])))
-            == defaults.memory_mb
+            == function.memory_mb
         )
         retries = props.get("EventInvokeConfig", {}).get("MaximumRetryAttempts")
         expected = 2 if retries is None else int(_resolve(template, retries))  # Lambda's default
-        assert defaults.async_retries == expected, folder
+        assert function.async_retries == expected, logical_id
 
 
 def test_stream_subscription_filters_on_the_attribute_the_local_fanout_uses(

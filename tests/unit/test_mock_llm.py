@@ -259,3 +259,100 @@ def test_twenty_tokens_at_rate_100_take_at_least_190_ms(mock, client):
     assert elapsed >= 0.19
     record = mock.requests[0]
     assert all(t >= record.started_at + i / 100 for i, t in enumerate(record.token_times))
+
+
+# --------------------------------------------------------------------------- reasoning
+
+
+def reasonings(chunks, field: str = "reasoning_content") -> list[str]:
+    return [
+        getattr(c.choices[0].delta, field)
+        for c in chunks
+        if c.choices and getattr(c.choices[0].delta, field, None)
+    ]
+
+
+def test_reasoning_keys_parse_and_a_field_the_mock_cannot_fill_is_refused():
+    directive = Directive.parse("#mock reasoning=4 reasoning_field=reasoning tokens=2")
+
+    assert (directive.reasoning, directive.reasoning_field) == (4, "reasoning")
+    assert Directive.parse("#mock reasoning=1").reasoning_field == "reasoning_content"
+    assert [directive.reasoning_token(i) for i in range(3)] == ["r0 ", "r1 ", "r2 "]
+    with pytest.raises(DirectiveError, match="expected reasoning_content or reasoning"):
+        Directive.parse("#mock reasoning=1 reasoning_field=thoughts")
+
+
+@pytest.mark.parametrize(
+    ("option", "field", "other"),
+    [("", "reasoning_content", "reasoning"), (" reasoning_field=reasoning", "reasoning", None)],
+)
+def test_reasoning_n_streams_exactly_n_reasoning_tokens_in_the_chosen_field_before_the_answer(
+    mock, client, option, field, other
+):
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=ask(f"#mock reasoning=5 tokens=3 rate=0 first_token_delay=0{option}"),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    kinds = [
+        "r" if getattr(d, field, None) else "t" if d.content else None
+        for d in deltas
+        if getattr(d, field, None) or d.content
+    ]
+
+    assert reasonings(chunks, field) == [f"r{i} " for i in range(5)]
+    assert contents(chunks) == ["t0 ", "t1 ", "t2 "]
+    assert kinds == ["r"] * 5 + ["t"] * 3  # all the reasoning first, then the answer
+    if other:  # only the chosen field carries it
+        assert reasonings(chunks, other) == []
+    assert chunks[0].choices[0].delta.role == "assistant"
+    usage = chunks[-1].usage
+    assert usage.completion_tokens == 8 and usage.completion_tokens_details.reasoning_tokens == 5
+    assert mock.wait_for(lambda: mock.requests[0].completed, timeout=5)
+    assert (mock.requests[0].reasoning_sent, mock.requests[0].tokens_sent) == (5, 3)
+
+
+def test_reasoning_tokens_come_at_the_answers_pace_and_delay_its_first_token(mock, client):
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=ask("#mock reasoning=10 tokens=5 rate=100 first_token_delay=0"),
+        stream=True,
+    )
+    chunks = list(stream)
+
+    assert len(reasonings(chunks)) == 10 and len(contents(chunks)) == 5
+    record = mock.requests[0]
+    # Answer token i is token 10 + i of the stream.
+    assert all(t >= record.started_at + (10 + i) / 100 for i, t in enumerate(record.token_times))
+
+
+def test_fail_after_counts_answer_tokens_so_all_the_reasoning_comes_before_the_failure(client):
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=ask("#mock reasoning=2 tokens=5 fail_after=1 rate=0 first_token_delay=0"),
+        stream=True,
+    )
+    seen: list[str] = []
+
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            if chunk.choices:
+                delta = chunk.choices[0].delta
+                seen.append(getattr(delta, "reasoning_content", None) or delta.content or "")
+
+    assert [s for s in seen if s] == ["r0 ", "r1 ", "t0 "]
+
+
+def test_a_non_streamed_answer_carries_its_reasoning_in_the_message(client):
+    completion = client.chat.completions.create(
+        model="gpt-4o",
+        messages=ask("#mock reasoning=3 tokens=2 rate=0 first_token_delay=0"),
+    )
+    message = completion.choices[0].message
+
+    assert message.content == "t0 t1 "
+    assert message.reasoning_content == "r0 r1 r2 "
+    assert completion.usage.completion_tokens == 5

@@ -65,7 +65,8 @@ def test_history_in_messages_replaces_the_prompt():
         ('"text"', ErrorCode.BAD_REQUEST, "JSON object, not string"),
         ('{"prompt":"hi"}', ErrorCode.BAD_REQUEST, "'action' is required"),
         ('{"action":"fly"}', ErrorCode.UNKNOWN_ACTION, "unknown action 'fly'"),
-        ('{"action":42}', ErrorCode.UNKNOWN_ACTION, "unknown action 'number'"),
+        # A wrong type is a malformed message, not an unknown action (bad_request).
+        ('{"action":42}', ErrorCode.BAD_REQUEST, "'action' must be a string, not number"),
         ('{"action":"sendMessage"}', ErrorCode.BAD_REQUEST, "'prompt' is required"),
         ('{"action":"sendMessage","prompt":"  "}', ErrorCode.BAD_REQUEST, "must not be empty"),
         (

@@ -11,8 +11,9 @@ import pytest
 from llmstream.core.settings import Settings
 from llmstream.intake.routing import provider_for_model
 from llmstream.stream.providers import bedrock, build_provider
+from llmstream.stream.providers.base import Chunk
 from llmstream.stream.providers.bedrock import BedrockProvider
-from llmstream.stream.providers.openai import OpenAIProvider
+from llmstream.stream.providers.openai import OpenAIProvider, openai_client
 
 from devstack.mock_bedrock import MockBedrock, Reply, answer, exception
 from tests.conftest import load_handler
@@ -177,3 +178,52 @@ def test_the_stream_function_builds_each_provider_once_per_container(
     monkeypatch.setenv("LLM_PROVIDER", "bedrock")
     app = load_handler("stream")
     assert app._provider() is app._provider("bedrock") is app._provider()
+
+
+# ----------------------------------------------------------------------------- reasoning
+
+
+def streamed(provider, prompt: str, model: str = "gpt-4o-mini") -> list[Chunk]:
+    messages = [{"role": "user", "content": prompt}]
+    return list(provider.stream(messages, model=model, max_tokens=64, read_timeout=5))
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_the_openai_provider_carries_either_reasoning_field_apart_from_the_answer_text(
+    mock_llm, field
+):
+    provider = OpenAIProvider(openai_client("sk-test", mock_llm.base_url))
+    chunks = streamed(provider, f"#mock reasoning=4 tokens=3 rate=0 reasoning_field={field}")
+    pieces = [(c.reasoning, c.text) for c in chunks if c.reasoning or c.text]
+    assert pieces == [(f"r{i} ", "") for i in range(4)] + [("", f"t{i} ") for i in range(3)]
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    assert chunks[-1].output_tokens == 7  # the usage counts the reasoning tokens
+
+
+def test_a_server_that_fills_both_reasoning_fields_has_its_reasoning_shown_once():
+    from llmstream.stream.providers.openai import _OpenAIChunks
+    from openai.types.chat import ChatCompletionChunk
+
+    chunk = ChatCompletionChunk.model_validate(
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": None, "reasoning_content": "hm ", "reasoning": "hm "},
+                    "finish_reason": None,
+                }
+            ],
+        }
+    )
+    assert list(_OpenAIChunks(iter([chunk]))) == [Chunk(reasoning="hm ")]
+
+
+def test_the_bedrock_provider_carries_reasoning_apart_from_the_answer_text(fake_bedrock):
+    chunks = streamed(BedrockProvider(), "#mock reasoning=4 tokens=3 rate=0", model=MODEL)
+    pieces = [(c.reasoning, c.text) for c in chunks if c.reasoning or c.text]
+    assert pieces == [(f"r{i} ", "") for i in range(4)] + [("", f"t{i} ") for i in range(3)]
+    assert chunks[-1].output_tokens == 7

@@ -151,13 +151,17 @@ class World:
             requests=self.requests,
         )
 
-    def stream(self, message: Any = None) -> Any:
-        """Run the stream function on the last published message (or ``message``)."""
-        provider = OpenAIProvider(openai_client("sk-test", self.mock_llm.base_url))
+    def model(self) -> OpenAIProvider:
+        return OpenAIProvider(openai_client("sk-test", self.mock_llm.base_url))
+
+    def stream(self, message: Any = None, provider: Any = None) -> Any:
+        """Run the stream function on the last published message (or ``message``); ``provider``
+        builds the model's client (by default, one for the mock LLM)."""
+        model = self.model()
         return run_prompt(
             (message or self.published[-1]).to_json(),
             settings=self.settings,
-            provider=lambda _envelope: provider,
+            provider=provider or (lambda _envelope: model),
             connection=lambda address: self.connection(address.connection_id),
             remaining_time=lambda: 900.0,
             dynamodb=self.dynamodb,
@@ -165,16 +169,16 @@ class World:
 
 
 def settings(**changes: Any) -> Settings:
-    return Settings(
-        connections_table="connections",
-        frames_table=FRAMES,
-        conversations_table=CONVERSATIONS,
-        llm_base_url="unused",
-        system_prompt="sys",
-        min_frame_interval=0.0,
-        control_poll_interval=0.02,
-        **changes,
-    )
+    base: dict[str, Any] = {
+        "connections_table": "connections",
+        "frames_table": FRAMES,
+        "conversations_table": CONVERSATIONS,
+        "llm_base_url": "unused",
+        "system_prompt": "sys",
+        "min_frame_interval": 0.0,
+        "control_poll_interval": 0.02,
+    }
+    return Settings(**{**base, **changes})
 
 
 @pytest.fixture
@@ -344,6 +348,29 @@ def test_keep_open_leaves_the_connection_open_after_end_and_closes_it_otherwise(
     assert world.connections["conn-open"].frames[-1]["type"] == "end"
     assert not world.connections["conn-open"].closed
     assert world.connections["conn-shut"].closed
+
+
+@pytest.mark.parametrize(
+    ("directive", "changes", "code"),
+    [
+        pytest.param("#mock tokens=50 rate=0 fail_after=3", {}, "llm_error", id="llm-error"),
+        pytest.param(
+            "#mock tokens=50 rate=0 stall_after=3",
+            {"llm_stall_timeout": 0.5},
+            "timeout",
+            id="stall",
+        ),
+        pytest.param("#mock status=400", {}, "llm_error", id="model-400"),
+    ],
+)
+def test_an_error_during_a_keep_open_answer_closes_the_connection(world, directive, changes, code):
+    """The docs promise it: after an error during the stream, the connection closes anyway."""
+    world.settings = settings(**changes)
+    world.send("conn-k", **prompt("k-err", directive, keepOpen=True))
+    world.stream()
+    conn = world.connections["conn-k"]
+    assert conn.frames[-1]["type"] == "error" and conn.frames[-1]["code"] == code
+    assert conn.closed
 
 
 # --------------------------------------------------------------------------- request records

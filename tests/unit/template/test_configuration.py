@@ -86,6 +86,7 @@ SETTING_VARIABLES = {
     "resume_ttl_seconds": "RESUME_TTL_SECONDS",
     "resume_grace_seconds": "RESUME_GRACE_SECONDS",
     "control_poll_interval": "CONTROL_POLL_MS",
+    "forward_reasoning": "FORWARD_REASONING",
 }
 AUTH_SETTING_VARIABLES = {
     "mode": "AUTH_MODE",
@@ -122,6 +123,7 @@ STREAM_READS = {
     "min_frame_interval",  # worker -> sender: batching
     "max_frame_bytes",
     "log_content",
+    "forward_reasoning",  # answer -> streaming: reasoning frames, or none
 }
 READS: dict[str, set[str]] = {
     "ConnectFunction": {"connections_table", "connection_ttl_seconds"},
@@ -442,9 +444,11 @@ def test_functions_share_runtime_tracing_json_logs_and_the_layer(template: dict[
     assert fn["LoggingConfig"] == {"LogFormat": "JSON"}
     assert fn["Layers"] == [{"Ref": "StreamLayer"}]
     layer = template["Resources"]["StreamLayer"]
+    # Built by layers/stream/Makefile, through the entry for the architecture (test_layer.py).
     assert layer["Metadata"] == {
-        "BuildMethod": "python3.13",
+        "BuildMethod": "makefile",
         "BuildArchitecture": {"Ref": "Architecture"},
+        "ContextPath": {"Fn::Sub": "layers/stream/arch/${Architecture}"},
     }
     assert layer["Properties"]["ContentUri"] == "layers/stream/"
     assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]

@@ -104,6 +104,20 @@ def test_sam_build_succeeds_and_the_layer_holds_llmstream_for_the_target_archite
     for module in ("core/protocol", "core/envelope", "core/settings", "stream/worker"):
         assert (layer / "llmstream" / f"{module}.py").is_file()
 
+    # Bytecode for the runtime's Python (/opt is read-only: Lambda could not write it), checked
+    # by hash only, since /opt's timestamps mean nothing; and none for another Python.
+    for package in ("llmstream", "llmstream/core", "llmstream/intake", "boto3", "botocore"):
+        sources = sorted((layer / package).glob("*.py"))
+        assert sources, package
+        for source in sources:
+            pyc = source.parent / "__pycache__" / f"{source.stem}.cpython-313.pyc"
+            assert pyc.is_file(), f"no bytecode for {source.relative_to(layer)}"
+            flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+            assert flags == 0b01, f"{pyc.name}: not unchecked-hash (flags {flags:#b})"
+    stray = [p.name for p in layer.rglob("*.pyc") if not p.name.endswith(".cpython-313.pyc")]
+    assert not stray, stray[:5]
+    assert not (layer / "bin").exists(), "console scripts name the build machine's interpreter"
+
     # Native wheels must match the architecture the functions run on, and Python 3.13.
     arch = {"arm64": "aarch64", "x86_64": "x86_64"}[
         template["Parameters"]["Architecture"]["Default"]

@@ -26,7 +26,7 @@ CUSTOM = {
 }
 # What the scan of the template judges already, which SAM's output would only repeat without
 # the template's Metadata (SAM does not copy it to the resources it makes).
-JUDGED_ON_THE_TEMPLATE = "CKV_AWS_27,CKV_AWS_28,CKV_AWS_95,CKV_AWS_115"
+JUDGED_ON_THE_TEMPLATE = "CKV_AWS_27,CKV_AWS_28,CKV_AWS_115"
 
 
 def checkov(path: Path, *extra: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .protocol import MAX_SEQ, REQUEST_ID_PATTERN, ROLES
+from .transport import DIALECT
 
 ENVELOPE_VERSION = 1
 RESUME_KIND = "resume"
@@ -87,6 +88,8 @@ class PromptEnvelope:
     received_at: int = 0
     resumable: bool = False
     version: int = ENVELOPE_VERSION
+    dialect: str | None = None
+    """``ai-sdk``: the client speaks the AI SDK's WebSocketChatTransport (core.transport)."""
 
     @property
     def address(self) -> Address:
@@ -103,6 +106,7 @@ class PromptEnvelope:
                 "keepOpen": self.keep_open,
                 "conversationId": self.conversation_id,
                 "resumable": self.resumable,
+                "dialect": self.dialect,
             },
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
@@ -167,6 +171,7 @@ def _parse_prompt(doc: Mapping[str, Any]) -> PromptEnvelope:
         keep_open=bool(options.get("keepOpen", False)),
         conversation_id=_field(options, "conversationId", str, optional=True),
         resumable=bool(options.get("resumable", False)),
+        dialect=_dialect(options),
     )
 
 
@@ -210,6 +215,13 @@ class ResumeEnvelope:
             "kind": {"DataType": "String", "StringValue": RESUME_KIND},
             "version": {"DataType": "Number", "StringValue": str(self.version)},
         }
+
+
+def _dialect(options: Mapping[str, Any]) -> str | None:
+    dialect = options.get("dialect")
+    if dialect not in (None, DIALECT):
+        raise InvalidEnvelope("field 'dialect' is not one this function speaks")
+    return dialect
 
 
 def _addressing(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,36 @@
-"""Powertools Logger, Tracer and Metrics, created once per container and shared by the handlers.
+"""Powertools Logger, Metrics and (on first use) Tracer, created once per container and shared by
+the handlers.
 
 Names come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE, which the template sets.
+``tracer`` is built when a handler first imports it: in Lambda, Tracer loads and patches the X-Ray
+SDK, most of a cold start, so the route handlers go without it. Their traces still reach the
+stream function, because botocore forwards Lambda's trace header on every call it makes.
 """
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.logging import Logger
+from aws_lambda_powertools.metrics import Metrics
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.tracing import Tracer
+
+    tracer: Tracer
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
+
+
+def __getattr__(name: str) -> Any:
+    """``tracer``, built on first access (``from llmstream.core.observability import tracer``)."""
+    if name != "tracer":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from aws_lambda_powertools.tracing import Tracer
+
+    built = globals()["tracer"] = Tracer()
+    return built
 
 
 def record_stream_metrics(result) -> None:

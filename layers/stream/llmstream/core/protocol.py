@@ -1,7 +1,8 @@
-"""The WebSocket wire protocol: client messages, server frames, and their validation.
+"""The WebSocket wire protocol: client messages, server frames (``frames``), and their
+validation.
 
 This module is the one definition of the protocol. The handlers, the local stack, the tests
-and docs/protocol.md (its JSON Schema, ``schema.SCHEMA``, is generated from these names) all use it.
+and docs/protocol.md (its JSON Schema, ``schema.SCHEMA``, is built from these names) use it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,43 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from . import transport
+
+# The server's frames are defined in frames.py, and are the protocol's too.
+from .frames import (
+    TEXT_FRAMES as TEXT_FRAMES,
+)
+from .frames import (
+    Encoded as Encoded,
+)
+from .frames import (
+    ErrorCode as ErrorCode,
+)
+from .frames import (
+    FinishReason as FinishReason,
+)
+from .frames import (
+    accepted_frame as accepted_frame,
+)
+from .frames import (
+    delta_frame as delta_frame,
+)
+from .frames import (
+    encode as encode,
+)
+from .frames import (
+    end_frame as end_frame,
+)
+from .frames import (
+    error_frame as error_frame,
+)
+from .frames import (
+    reasoning_frame as reasoning_frame,
+)
+from .frames import (
+    start_frame as start_frame,
+)
+
 PROTOCOL_VERSION = 1
 
 
@@ -22,82 +60,9 @@ class Action(StrEnum):
     RESUME = "resume"
 
 
-class ErrorCode(StrEnum):
-    BAD_REQUEST = "bad_request"
-    UNKNOWN_ACTION = "unknown_action"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    MODEL_NOT_ALLOWED = "model_not_allowed"
-    RATE_LIMITED = "rate_limited"
-    UNAUTHORIZED = "unauthorized"
-    NOT_FOUND = "not_found"
-    LLM_ERROR = "llm_error"
-    TIMEOUT = "timeout"
-    INTERNAL = "internal"
-
-
-class FinishReason(StrEnum):
-    STOP = "stop"
-    LENGTH = "length"
-    CONTENT_FILTER = "content_filter"
-    CANCELLED = "cancelled"
-    ERROR = "error"
-
-
 ROLES = ("user", "assistant")
 # Match with fullmatch: "$" alone would let a trailing "\n" through.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:=+/-]{1,128}$")
-
-
-# --------------------------------------------------------------------------- server frames
-
-
-def accepted_frame(request_id: str) -> dict[str, Any]:
-    return {"type": "accepted", "requestId": request_id}
-
-
-def start_frame(request_id: str, model: str) -> dict[str, Any]:
-    return {"type": "start", "requestId": request_id, "model": model}
-
-
-def delta_frame(request_id: str, seq: int, text: str) -> dict[str, Any]:
-    return {"type": "delta", "requestId": request_id, "seq": seq, "text": text}
-
-
-def end_frame(
-    request_id: str,
-    finish_reason: str,
-    input_tokens: int | None = None,
-    output_tokens: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "type": "end",
-        "requestId": request_id,
-        "finishReason": finish_reason,
-        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens},
-    }
-
-
-def error_frame(request_id: str | None, code: ErrorCode, message: str) -> dict[str, Any]:
-    return {"type": "error", "requestId": request_id, "code": code.value, "message": message}
-
-
-class Encoded(bytes):
-    """A frame's exact bytes on the socket that still carry the frame they encode, so that
-    whoever passes them on (the relay) reads its type and seq without decoding them again."""
-
-    frame: Mapping[str, Any]
-
-
-def encode(frame: Mapping[str, Any]) -> Encoded:
-    """Serialise a frame as compact UTF-8 JSON, the exact bytes sent on the socket.
-
-    An error message may quote a client's text, and JSON lets a client send a lone surrogate
-    ("\\ud800") that UTF-8 cannot hold; it becomes "?" rather than an unsendable frame.
-    """
-    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-    data = Encoded(text.encode("utf-8", errors="replace"))
-    data.frame = frame
-    return data
 
 
 # --------------------------------------------------------------------------- client messages
@@ -110,9 +75,14 @@ class ProtocolError(Exception):
     code: ErrorCode
     message: str
     request_id: str | None = None
+    dialect: str | None = None
+    """``ai-sdk`` for a WebSocketChatTransport frame: answered in that protocol."""
 
     def frame(self, fallback_request_id: str | None = None) -> dict[str, Any]:
-        return error_frame(self.request_id or fallback_request_id, self.code, self.message)
+        request_id = self.request_id or fallback_request_id
+        if self.dialect == transport.DIALECT:
+            return transport.error_frame(request_id or "", f"{self.code.value}: {self.message}")
+        return error_frame(request_id, self.code, self.message)
 
 
 @dataclass(frozen=True)
@@ -123,6 +93,9 @@ class SendMessage:
     keep_open: bool = False
     conversation_id: str | None = None
     resumable: bool = False
+    dialect: str | None = None
+    """``ai-sdk``: sent through the AI SDK's WebSocketChatTransport (core.transport)."""
+    chat_id: str | None = None
     action: Action = field(default=Action.SEND_MESSAGE, init=False)
 
 
@@ -131,6 +104,7 @@ class Cancel:
     """Stop the answer to ``request_id``; it ends with ``finishReason: "cancelled"``."""
 
     request_id: str
+    dialect: str | None = None
     action: Action = field(default=Action.CANCEL, init=False)
 
 
@@ -140,6 +114,9 @@ class Resume:
 
     request_id: str
     after_seq: int = -1
+    dialect: str | None = None
+    chat_id: str | None = None
+    """With the transport: the chat whose running answer to replay, under ``request_id``."""
     action: Action = field(default=Action.RESUME, init=False)
 
 
@@ -291,7 +268,7 @@ def _messages(
     return tuple(messages)
 
 
-def _send_message(body: Mapping[str, Any], limits: Limits, request_id: str) -> SendMessage:
+def send_message(body: Mapping[str, Any], limits: Limits, request_id: str) -> SendMessage:
     messages = _messages(body, limits, request_id)
     try:
         model = _require_str(body, "model", required=False) or limits.default_model
@@ -359,12 +336,20 @@ def parse_client_message(
             f"the message must be a JSON object, not {_json_type(parsed)}",
             fallback_request_id,
         )
+    if transport.is_transport_frame(parsed):
+        return transport.read_client_frame(parsed, limits, fallback_request_id)
     request_id = _request_id(parsed, fallback_request_id)
     action = parsed.get("action")
     if action is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'action' is required", request_id)
+    if not isinstance(action, str):  # a wrong type is a malformed message, not an unknown action
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"'action' must be a string, not {_json_type(action)}",
+            request_id,
+        )
     if action == Action.SEND_MESSAGE.value:
-        return _send_message(parsed, limits, request_id)
+        return send_message(parsed, limits, request_id)
     if action in (Action.CANCEL.value, Action.RESUME.value):
         # These name an answer the client asked for; the gateway's own id names nothing.
         if parsed.get("requestId") is None:
@@ -372,7 +357,7 @@ def parse_client_message(
                 ErrorCode.BAD_REQUEST, f"'requestId' is required to {action}", request_id
             )
         return Cancel(request_id) if action == Action.CANCEL.value else _resume(parsed, request_id)
-    shown = action[:64] if isinstance(action, str) else _json_type(action)
+    shown = action[:64]
     known = ", ".join(a.value for a in Action)
     raise ProtocolError(
         ErrorCode.UNKNOWN_ACTION, f"unknown action '{shown}'; expected one of {known}", request_id

@@ -92,6 +92,17 @@ SCHEMA: dict[str, Any] = {
             },
             "additionalProperties": False,
         },
+        "reasoning": {
+            "type": "object",
+            "required": ["type", "requestId", "seq", "text"],
+            "properties": {
+                "type": {"const": "reasoning"},
+                "requestId": {"type": "string"},
+                "seq": {"type": "integer", "minimum": 0},
+                "text": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
         "end": {
             "type": "object",
             "required": ["type", "requestId", "finishReason", "usage"],
@@ -123,6 +134,7 @@ SCHEMA: dict[str, Any] = {
                 {"$ref": "#/$defs/accepted"},
                 {"$ref": "#/$defs/start"},
                 {"$ref": "#/$defs/delta"},
+                {"$ref": "#/$defs/reasoning"},
                 {"$ref": "#/$defs/end"},
                 {"$ref": "#/$defs/error"},
             ]

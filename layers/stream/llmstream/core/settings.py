@@ -113,6 +113,9 @@ class Settings:
     resume_grace_seconds: float = 30.0
     control_poll_interval: float = 0.2
 
+    # Reasoning: the model's thinking, streamed apart from its answer (FORWARD_REASONING)
+    forward_reasoning: bool = True
+
     def require(self, *fields: str) -> Settings:
         """These settings, once every named resource is set; a ConfigurationError naming the
         missing environment variables otherwise (at cold start, not at the first request)."""
@@ -181,6 +184,7 @@ class Settings:
             resume_grace_seconds=float(env.get("RESUME_GRACE_SECONDS", d.resume_grace_seconds)),
             control_poll_interval=float(env.get("CONTROL_POLL_MS", d.control_poll_interval * 1000))
             / 1000,
+            forward_reasoning=_bool(env.get("FORWARD_REASONING"), d.forward_reasoning),
         )
 
 

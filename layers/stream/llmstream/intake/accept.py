@@ -17,11 +17,13 @@ from ..core.protocol import (
     ErrorCode,
     ProtocolError,
     Resume,
+    SendMessage,
     accepted_frame,
     error_frame,
     parse_client_message,
 )
 from ..core.settings import Settings
+from ..core.transport import DIALECT
 from ..requests.lifecycle import Attached, NewRequest, Refused, Requests
 from ..requests.record import owner_key
 from .limits import ConnectionLimits
@@ -52,9 +54,10 @@ def accept_message(
     now_ms: int,
     limits: ConnectionLimits,
     requests: Requests,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Return the frame to answer with: ``accepted`` once published (or, for cancel and resume,
-    once the request's record says so), or an ``error``.
+    once the request's record says so), or an ``error``. A frame of the AI SDK's transport is
+    answered in its words (intake.transport): with no frame, when all went well.
 
     What is wrong with the message itself is answered first (a malformed message, a request id
     in use), then the limits; a refused message costs nothing.
@@ -65,10 +68,34 @@ def accept_message(
         )
     except ProtocolError as exc:
         return exc.frame(caller.request_id)
+    if message.dialect == DIALECT:
+        from . import transport  # here: it builds on this module
+
+        if isinstance(message, Cancel):
+            transport.abort(message, caller, requests)
+            return None
+        if isinstance(message, Resume):
+            return transport.resume(message, caller, requests)
+        return transport.in_dialect(
+            send(message, caller, settings, publish, now_ms, limits, requests)
+        )
     if isinstance(message, Cancel):
         return cancel_answer(message, caller, requests)
     if isinstance(message, Resume):
         return resume_answer(message, caller, settings, publish, now_ms, limits, requests)
+    return send(message, caller, settings, publish, now_ms, limits, requests)
+
+
+def send(
+    message: SendMessage,
+    caller: Caller,
+    settings: Settings,
+    publish: Publish,
+    now_ms: int,
+    limits: ConnectionLimits,
+    requests: Requests,
+) -> dict[str, Any]:
+    """Register, admit and publish a prompt: ``accepted``, or the error that refused it."""
     envelope = PromptEnvelope(
         request_id=message.request_id,
         connection_id=caller.address.connection_id,
@@ -83,11 +110,17 @@ def accept_message(
         principal_id=caller.principal_id,
         received_at=now_ms,
         resumable=message.resumable,
+        dialect=message.dialect,
     )
     key = owner_key(caller.principal_id, message.request_id)
     not_registered = _register(requests, key, envelope, settings)
     if not_registered is not None:
         return not_registered
+    if message.chat_id is not None:  # a transport resume finds the request by its chat
+        try:
+            requests.chats.point(caller.principal_id, message.chat_id, key)
+        except Exception:  # the answer streams all the same; only a resume would miss it
+            logger.exception("could not record the chat's request")
     refused = _admit(limits, caller, message.request_id, now_ms)
     if refused is not None:
         _forget(requests, key)  # registered, then refused: the id is free again
@@ -154,12 +187,12 @@ def _register(
     return None
 
 
-def cancel_answer(message: Cancel, caller: Caller, requests: Requests | None) -> dict[str, Any]:
+def cancel_answer(message: Cancel, caller: Caller, requests: Requests) -> dict[str, Any]:
     """Flag the answer cancelled; its stream function ends it within one frame."""
     rid = message.request_id
     not_found = error_frame(rid, ErrorCode.NOT_FOUND, f"no answer {rid!r} is in progress here")
     try:
-        cancelled = requests.cancel(
+        cancelled = requests.cancels.cancel(
             owner_key(caller.principal_id, rid),
             principal_id=caller.principal_id,
             connection_id=caller.connection_id,

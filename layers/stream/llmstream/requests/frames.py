@@ -23,25 +23,35 @@ class StoredFrames:
     def __init__(self, dynamodb: Any, table: str) -> None:
         self.table = Table(dynamodb, table)
 
-    def store(self, key: str, texts: list[str], *, expires_at: int) -> int:
-        """Write delta texts 0..n-1 as items of consecutive frames; returns the item count.
-        boto3's BatchWriter sends 25 to a call and resends what DynamoDB left unprocessed."""
+    def store(
+        self, key: str, texts: list[str], *, expires_at: int, kinds: list[str] | None = None
+    ) -> int:
+        """Write texts 0..n-1 (``kinds``: each one's frame type, ``delta`` by default, or
+        ``reasoning``) as items of consecutive frames; returns the item count. boto3's
+        BatchWriter sends 25 to a call and resends what DynamoDB left unprocessed."""
         count = 0
         with BatchWriter(self.table.name, self.table.client) as batch:
             for first, chunk in _chunks(texts):
                 item = {"requestId": key, "seq": first, "texts": chunk, "expiresAt": expires_at}
+                run = (kinds or [])[first : first + len(chunk)]
+                if any(kind != "delta" for kind in run):  # an answer without reasoning: no list
+                    item["reasoning"] = [i for i, kind in enumerate(run) if kind == "reasoning"]
                 batch.put_item(Item=to_item(item))
                 count += 1
         return count
 
     def load(self, key: str, after_seq: int) -> list[tuple[int, str]]:
-        """Stored delta frames after ``after_seq``, as (seq, text), in order."""
-        frames: list[tuple[int, str]] = []
+        """Stored frames after ``after_seq``, as (seq, text), in order."""
+        return [(seq, text) for seq, _, text in self.load_typed(key, after_seq)]
+
+    def load_typed(self, key: str, after_seq: int) -> list[tuple[int, str, str]]:
+        """Stored frames after ``after_seq``, as (seq, frame type, text), in order."""
+        frames: list[tuple[int, str, str]] = []
         for item in self.table.query(Key("requestId").eq(key) & Key("seq").gte(0)):
-            first = item["seq"]
+            first, reasoning = item["seq"], set(item.get("reasoning", []))
             for i, text in enumerate(item.get("texts", [])):
                 if first + i > after_seq:
-                    frames.append((first + i, text))
+                    frames.append((first + i, "reasoning" if i in reasoning else "delta", text))
         return frames
 
 

@@ -15,6 +15,8 @@ from ..core.dynamo import ConditionFailed
 from ..core.envelope import Address
 from ..core.protocol import ErrorCode, error_frame
 from ..core.settings import Settings
+from .cancels import Cancels
+from .chats import Chats
 from .record import LEASE_SECONDS, Request, Status, address_item
 from .store import RequestStore, final_json
 
@@ -89,6 +91,8 @@ class Requests:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = RequestStore(dynamodb, table, clock=clock)
+        self.cancels = Cancels(self.store)
+        self.chats = Chats(self.store, ttl_seconds)
         self.lease = lease
         self.ttl_seconds = ttl_seconds
         self.kept_seconds = kept_seconds
@@ -109,35 +113,34 @@ class Requests:
         request = self.store.read(key)
         return None if request is None or request.expires_at < self.store.now() else request
 
-    def poll(self, key: str) -> Request | None:
-        """What the watcher reads between renewals: one small consistent GetItem."""
+    def poll(self, key: str) -> Request | None:  # between renewals: one small consistent read
         return self.store.read(key, polled=True)
 
     def register(self, key: str, new: NewRequest) -> bool:
         """The message handler records a new request as queued; False when its id is taken (in
-        use, or used lately)."""
-        return self.store.create(
-            key,
-            {
-                **record_fields(new, self.store.clock(), self.ttl_seconds),
-                "status": Status.QUEUED.value,
-            },
-        )
+        use, or used lately). A cancel that came first makes it start cancelled."""
+        fields = {
+            **record_fields(new, self.store.clock(), self.ttl_seconds),
+            "status": Status.QUEUED.value,
+        }
+        taken = self.store.create(key, fields)
+        if taken is None:
+            return True
+        return taken.pending_cancel and self.cancels.register_over_held(key, fields, new)
 
-    def forget(self, key: str) -> None:
-        """Remove a request that was never queued (its prompt could not be published)."""
+    def forget(self, key: str) -> None:  # a request never queued: its prompt was not published
         self.store.delete(key)
 
-    def cancel(self, key: str, *, principal_id: str | None, connection_id: str) -> bool:
-        """The message handler flags a live request cancelled; False when there is none."""
-        return self.store.flag_cancelled(
-            key, principal_id=principal_id, connection_id=connection_id
-        )
-
     def attach(
-        self, key: str, *, principal_id: str | None, address: Address, after_seq: int
+        self,
+        key: str,
+        *,
+        principal_id: str | None,
+        address: Address,
+        after_seq: int,
+        alias: str | None = None,
     ) -> Attached | Replay | Refused:
-        """Point a request at the connection of a client that resumes it."""
+        """Point a request at a client that resumes it (under ``alias``, its new request id)."""
         for _ in range(3):
             request = self.read(key)
             if request is None or request.owner != principal_id:
@@ -148,7 +151,7 @@ class Requests:
                 return Refused("interrupted")
             if not request.live and request.resumable_until < self.store.now():
                 return Refused("not_found")  # over, and kept no longer for a resume
-            if self.store.move(key, request, address, after_seq):
+            if self.store.move(key, request, address, after_seq, alias):
                 return Attached() if request.live else Replay(request.attach + 1)
             # the stream ended, or another resume came first: look again
         return Refused("busy")
@@ -177,8 +180,7 @@ class Requests:
         )
 
     def fail(self, key: str, request_id: str, *, attach: int, message: str) -> bool:
-        """Settle as failed; a client that resumes it gets ``message`` (its frames died with the
-        invocation that streamed them)."""
+        """Settle as failed; a client that resumes it gets ``message``, and no frames."""
         final = error_frame(request_id, ErrorCode.INTERNAL, message)
         return self.settle(key, status=Status.FAILED, attach=attach, last_seq=-1, final=final)
 

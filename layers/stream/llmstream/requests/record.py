@@ -81,6 +81,10 @@ class Request:
     """The answer's last frame (``end`` or ``error``), kept once a resumable answer is over."""
     replayed: int = 0
     """The last attach whose replay a stream function took on."""
+    alias: str | None = None
+    """The requestId a transport client resumed it under: its frames carry that id now."""
+    pending_cancel: bool = False
+    """A cancel that came before its request was registered holds the key."""
 
     @property
     def live(self) -> bool:
@@ -110,6 +114,8 @@ class Request:
             last_seq=item.get("lastSeq", -1),
             final=json.loads(final) if final else None,
             replayed=item.get("replayed", 0),
+            alias=item.get("alias"),
+            pending_cancel=bool(item.get("pendingCancel", False)),
         )
 
 

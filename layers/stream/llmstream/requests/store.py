@@ -27,6 +27,7 @@ POLLED = (
     "afterSeq",
     "cancelRequested",
     "resumable",
+    "alias",
 )
 """What the watcher reads several times a second: only what a cancel or a resume changes."""
 
@@ -57,17 +58,17 @@ class RequestStore:
         item = self.table.get(_key(key), attributes=POLLED if polled else ())
         return None if item is None else Request.from_item(item)
 
-    def create(self, key: str, fields: dict[str, Any]) -> bool:
-        """Write a new record; False when a live one holds the key (DynamoDB deletes expired
-        items lazily, so an expired one counts as absent)."""
+    def create(self, key: str, fields: dict[str, Any]) -> Request | None:
+        """Write a new record: None once written, else the live record that holds the key
+        (DynamoDB deletes expired items lazily, so an expired one counts as absent)."""
         try:
             self.table.put(
                 {**_key(key), **fields},
                 condition=Attr("requestId").not_exists() | Attr("expiresAt").lt(self.now()),
             )
-        except ConditionFailed:
-            return False
-        return True
+        except ConditionFailed as taken:
+            return Request.from_item(taken.old or {"status": Status.QUEUED.value})
+        return None
 
     def delete(self, key: str) -> None:
         self.table.delete(_key(key))
@@ -109,32 +110,16 @@ class RequestStore:
             return None
         return Request.from_item(item)
 
-    def flag_cancelled(self, key: str, *, principal_id: str | None, connection_id: str) -> bool:
-        """Flag a live record cancelled; False when there is none the caller may cancel. With
-        auth on the caller must be its principal; with auth off, its connection."""
-        whose = (
-            Attr("owner").eq(principal_id)
-            if principal_id
-            else Attr("connectionId").eq(connection_id)
-        )
+    def move(
+        self, key: str, seen: Request, address: Address, after_seq: int, alias: str | None = None
+    ) -> bool:
+        """Point the record at ``address`` (its frames to carry ``alias`` as their requestId, if
+        given), unless it changed since ``seen`` was read."""
+        moved = {**address_item(address), "afterSeq": after_seq, "attach": seen.attach + 1}
         try:
             self.table.update(
                 _key(key),
-                set={"cancelRequested": True},
-                condition=Attr("status").is_in([Status.QUEUED.value, Status.STREAMING.value])
-                & Attr("expiresAt").gt(self.now())
-                & whose,
-            )
-        except ConditionFailed:
-            return False
-        return True
-
-    def move(self, key: str, seen: Request, address: Address, after_seq: int) -> bool:
-        """Point the record at ``address``, unless it changed since ``seen`` was read."""
-        try:
-            self.table.update(
-                _key(key),
-                set={**address_item(address), "afterSeq": after_seq, "attach": seen.attach + 1},
+                set={**moved, "alias": alias},
                 condition=Attr("attach").eq(seen.attach) & Attr("status").eq(seen.status.value),
             )
         except ConditionFailed:

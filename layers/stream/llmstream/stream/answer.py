@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..apigw.connection import Connection, close_quietly
+from ..core import transport
 from ..core.envelope import Address, PromptEnvelope
 from ..core.observability import logger
 from ..core.protocol import ErrorCode, error_frame
@@ -61,6 +62,7 @@ class Answer:
             envelope.request_id,
             resumable=self.resumable,
             grace=settings.resume_grace_seconds,
+            dialect=envelope.dialect,
         )
 
     def _start_connection(self, request: Request) -> Connection:
@@ -69,6 +71,16 @@ class Answer:
             with contextlib.suppress(ValueError):
                 conn = self.connect(request.address)
         return conn
+
+    def _cancelled_now(self) -> bool:
+        """Asked once, just before the model is called: a cancel recorded since the watcher's
+        last look still skips the call. A read that fails leaves it to the watcher."""
+        try:
+            state = self.requests.poll(self.key)
+        except Exception:
+            logger.warning("could not read the request's record before calling the model")
+            return False
+        return state is not None and state.cancel_requested
 
     def connect(self, address: Address) -> Connection:
         """A connection to ``address``, checked like the envelope's own endpoint."""
@@ -86,7 +98,9 @@ class Answer:
             relay.post,
             envelope.request_id,
             min_interval=settings.min_frame_interval,
-            max_frame_bytes=settings.max_frame_bytes,
+            # A transport chunk frame is a little larger than our delta of the same text.
+            max_frame_bytes=settings.max_frame_bytes
+            - (transport.OVERHEAD_BYTES if envelope.dialect else 0),
             probe=relay.probe,
         )
 
@@ -126,52 +140,22 @@ class Answer:
                 keep_text=settings.log_content,
                 on_finish=self.on_finish,
                 cancelled=self.cancelled,
+                cancelled_now=self._cancelled_now,
+                forward_reasoning=settings.forward_reasoning,
                 before_end=remember_turn if conversations is not None else None,
             )
         self.attach = watcher.attach
         if settings.log_content:
             logger.info("completion", extra={"text": result.text})
-        self._settle(result, watcher)
+        settle(self, result, watcher)
+        # After an error during the stream the connection closes, keepOpen or not: the client
+        # starts afresh (docs/protocol.md). A clean end closes it unless keepOpen.
+        ended_cleanly = result.outcome in (Status.COMPLETED, Status.CANCELLED)
         reachable = not sender.gone and not relay.detached
-        if reachable and (not envelope.keep_open or result.outcome == Status.FAILED):
+        # A transport client keeps one socket for all its chats: never closed under it.
+        if reachable and not envelope.dialect and (not envelope.keep_open or not ended_cleanly):
             close_quietly(relay.current)
         return result
-
-    def _settle(self, result: StreamResult, watcher: Watcher) -> None:
-        """Store a resumable answer's frames, then record how it ended. A client that resumed
-        after the watcher's last look gets the answer moved to it first."""
-        relay = self.relay
-        status, final = Status(result.outcome), relay.final
-        if relay.abandoned:
-            status = Status.GONE
-            final = error_frame(
-                self.envelope.request_id,
-                ErrorCode.TIMEOUT,
-                f"nobody resumed the answer within {self.settings.resume_grace_seconds:g} s, "
-                "so it was stopped; send the prompt again",
-            )
-        try:
-            if self.resumable:
-                StoredFrames(self.dynamodb, self.settings.frames_table).store(
-                    self.key,
-                    relay.texts,
-                    expires_at=self.requests.store.now() + self.requests.kept_seconds,
-                )
-            while not self.requests.settle(
-                self.key,
-                status=status,
-                attach=watcher.attach,
-                last_seq=len(relay.texts) - 1,
-                final=final if self.resumable else None,
-            ):
-                state = self.requests.read(self.key)
-                if state is None or state.attach <= watcher.attach:
-                    logger.error("the request's record changed unexpectedly")
-                    return
-                watcher.apply(state)
-            self.attach = watcher.attach
-        except Exception:  # the client has its answer; only a later resume would miss it
-            logger.exception("could not record the end of the request")
 
 
 def load_history(
@@ -194,3 +178,41 @@ def load_history(
         extra={"turns_kept": len(history.messages) // 2, "turns_dropped": history.dropped},
     )
     return history, conversations
+
+
+def settle(answer: Answer, result: StreamResult, watcher: Watcher) -> None:
+    """Store a resumable answer's frames, then record how it ended. A client that resumed
+    after the watcher's last look gets the answer moved to it first."""
+    relay = answer.relay
+    status, final = Status(result.outcome), relay.final
+    if relay.abandoned:
+        status = Status.GONE
+        final = error_frame(
+            answer.envelope.request_id,
+            ErrorCode.TIMEOUT,
+            f"nobody resumed the answer within {answer.settings.resume_grace_seconds:g} s, "
+            "so it was stopped; send the prompt again",
+        )
+    try:
+        if answer.resumable:
+            StoredFrames(answer.dynamodb, answer.settings.frames_table).store(
+                answer.key,
+                relay.texts,
+                kinds=relay.kinds,
+                expires_at=answer.requests.store.now() + answer.requests.kept_seconds,
+            )
+        while not answer.requests.settle(
+            answer.key,
+            status=status,
+            attach=watcher.attach,
+            last_seq=len(relay.texts) - 1,
+            final=final if answer.resumable else None,
+        ):
+            state = answer.requests.read(answer.key)
+            if state is None or state.attach <= watcher.attach:
+                logger.error("the request's record changed unexpectedly")
+                return
+            watcher.apply(state)
+        answer.attach = watcher.attach
+    except Exception:  # the client has its answer; only a later resume would miss it
+        logger.exception("could not record the end of the request")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..apigw.connection import Connection, ConnectionGone, Delivery, post_with_retry
 from ..core.observability import logger
-from ..core.protocol import Encoded, delta_frame, encode
+from ..core.protocol import TEXT_FRAMES, Encoded, encode
+from ..core.transport import DIALECT, ChunkEncoder
 
 
 class Relay:
@@ -30,18 +31,25 @@ class Relay:
         *,
         resumable: bool = False,
         grace: float = 30.0,
+        dialect: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.current = conn
         self.request_id = request_id
         self.resumable = resumable
+        self.dialect = dialect
+        # To the AI SDK's transport, our frames go as its chunks (core.transport).
+        self._encoder = ChunkEncoder(request_id) if dialect == DIALECT else None
+        self.start: dict[str, Any] | None = None  # a transport resume replays it too
         self._grace = grace
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.RLock()
         self.texts: list[str] = []
-        """Delta texts by seq, kept for a resumable answer."""
+        """Texts by seq (deltas and reasoning: one seq space), kept for a resumable answer."""
+        self.kinds: list[str] = []
+        """Each kept text's frame type: ``delta`` or ``reasoning``."""
         self.final: dict[str, Any] | None = None
         """The answer's last frame (end or error), once posted."""
         self._delivered = -1  # the last delta seq the current connection has
@@ -63,15 +71,18 @@ class Relay:
         frame = data.frame if isinstance(data, Encoded) else json.loads(data)
         kind = frame.get("type")
         with self._lock:
-            if kind == "delta":
+            if kind in TEXT_FRAMES:
                 seq = frame["seq"]
                 if self.resumable and seq == len(self.texts):
                     self.texts.append(frame["text"])
+                    self.kinds.append(kind)
                 if seq <= self._delivered:
                     return  # replayed to this connection already
+            elif kind == "start" and self.start is None:
+                self.start = dict(frame)
             elif kind in ("end", "error"):
                 if self.final is None:
-                    self.final = frame
+                    self.final = dict(frame)
                 if self._final_delivered:
                     return
             if self._detached_at is not None:
@@ -80,14 +91,14 @@ class Relay:
                 self.abandoned = True
                 raise ConnectionGone("nobody resumed the answer")
             try:
-                self.current.post(data)
+                self._deliver(frame, data)
             except ConnectionGone:
                 if not self.resumable:
                     raise
                 logger.info("the client left a resumable answer: waiting for a resume")
                 self._detached_at = self._clock()
                 return
-            if kind == "delta":
+            if kind in TEXT_FRAMES:
                 self._delivered = frame["seq"]
             elif kind in ("end", "error"):
                 self._final_delivered = True
@@ -107,16 +118,23 @@ class Relay:
                 self.abandoned = True
                 raise ConnectionGone("nobody resumed the answer")
 
-    def switch(self, conn: Connection, after_seq: int) -> None:
-        """Move the answer to ``conn``: replay the deltas after ``after_seq`` (and the last frame,
-        if the answer is over), then go on live there. The sender waits meanwhile."""
+    def switch(self, conn: Connection, after_seq: int, request_id: str | None = None) -> None:
+        """Move the answer to ``conn``: replay the texts after ``after_seq`` (and the last frame,
+        if the answer is over), then go on live there. The sender waits meanwhile. A transport
+        client resumes under a new ``request_id``, and gets the whole answer from its start."""
         with self._lock:
             self.current = conn
             self._detached_at = None
             self._delivered = after_seq
             self._final_delivered = False
-            for seq in range(after_seq + 1, len(self.texts)):
-                if not self._replay(encode(delta_frame(self.request_id, seq, self.texts[seq]))):
+            if self._encoder is not None:
+                self._encoder = ChunkEncoder(request_id or self._encoder.request_id)
+                self._delivered = -1
+                if self.start is not None and not self._replay(encode(self.start)):
+                    return
+            for seq in range(self._delivered + 1, len(self.texts)):
+                frame = TEXT_FRAMES[self.kinds[seq]](self.request_id, seq, self.texts[seq])
+                if not self._replay(encode(frame)):
                     return
                 self._delivered = seq
             if self.final is not None and len(self.texts) - 1 <= self._delivered:
@@ -125,9 +143,31 @@ class Relay:
                 self._final_delivered = True
             logger.info("resumed on a new connection", extra={"after_seq": after_seq})
 
-    def _replay(self, data: bytes) -> bool:
-        delivery = post_with_retry(self.current.post, data, clock=self._clock, sleep=self._sleep)
-        if delivery is Delivery.SENT:
+    def _deliver(self, frame: Mapping[str, Any], data: bytes) -> None:
+        """Post one frame as it is, or, to a transport client, as its chunks. A chunk that
+        cannot be delivered counts as the client gone (it resumes): retrying one frame's chunks
+        from the sender would number them twice."""
+        if self._encoder is None:
+            self.current.post(data)
+            return
+        for piece in self._encoder.encode(frame):
+            delivery = post_with_retry(
+                self.current.post, piece, clock=self._clock, sleep=self._sleep
+            )
+            if delivery is not Delivery.SENT:
+                raise ConnectionGone(f"a chunk was not delivered ({delivery.value})")
+
+    def _replay(self, data: Encoded) -> bool:
+        try:
+            if self._encoder is None:
+                delivery = post_with_retry(
+                    self.current.post, data, clock=self._clock, sleep=self._sleep
+                )
+                if delivery is not Delivery.SENT:
+                    raise ConnectionGone(delivery.value)
+            else:
+                self._deliver(data.frame, data)
             return True
-        self._detached_at = self._clock()  # gone again: wait for the next resume
-        return False
+        except ConnectionGone:
+            self._detached_at = self._clock()  # gone again: wait for the next resume
+            return False

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ..apigw.connection import Connection, Delivery, close_quietly, post_with_retry
 from ..core.envelope import Address, ResumeEnvelope
 from ..core.observability import logger
-from ..core.protocol import ErrorCode, delta_frame, encode, error_frame
+from ..core.protocol import TEXT_FRAMES, ErrorCode, encode, error_frame
 from ..requests.frames import StoredFrames
 from ..requests.lifecycle import Requests
 from ..requests.record import owner_key
@@ -34,20 +34,19 @@ def replay_answer(
             logger.info("duplicate or superseded resume: not replaying")
             return
         state = requests.read(key)
-        stored = frames.load(key, resume.after_seq) if state is not None else []
+        stored = frames.load_typed(key, resume.after_seq) if state is not None else []
     except Exception:
         logger.exception("could not read the stored answer")
         _tell(conn, resume.request_id)
         return
     expected = list(range(resume.after_seq + 1, (state.last_seq if state else -1) + 1))
-    if state is None or state.final is None or [seq for seq, _ in stored] != expected:
+    if state is None or state.final is None or [seq for seq, _, _ in stored] != expected:
         logger.error("the stored answer is incomplete")
         _tell(conn, resume.request_id)
         return
-    for seq, text in stored:
-        if post_with_retry(conn.post, encode(delta_frame(resume.request_id, seq, text))) != (
-            Delivery.SENT
-        ):
+    for seq, kind, text in stored:
+        frame = TEXT_FRAMES[kind](resume.request_id, seq, text)
+        if post_with_retry(conn.post, encode(frame)) != Delivery.SENT:
             logger.info("the client left during the replay")
             return
     if post_with_retry(conn.post, encode(state.final)) != Delivery.SENT:

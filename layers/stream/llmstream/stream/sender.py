@@ -23,7 +23,7 @@ from ..apigw.connection import (
     Throttled,
     post_with_retry,
 )
-from ..core.protocol import ErrorCode, delta_frame, encode, error_frame
+from ..core.protocol import TEXT_FRAMES, ErrorCode, delta_frame, encode, error_frame
 from ..core.settings import WEBSOCKET_FRAME_LIMIT
 from .signals import Signal
 
@@ -46,17 +46,20 @@ class SendStats:
     """Clock time at which the first delta frame was posted."""
 
 
-def split_text(text: str, request_id: str, seq: int, max_frame_bytes: int) -> list[str]:
-    """Cut text into pieces whose delta frames, numbered from ``seq``, fit in max_frame_bytes."""
+def split_text(
+    text: str, request_id: str, seq: int, max_frame_bytes: int, frame: Any = delta_frame
+) -> list[str]:
+    """Cut text into pieces whose frames (``frame``: delta, or reasoning), numbered from
+    ``seq``, fit in max_frame_bytes."""
     pieces: list[str] = []
     while text:
-        overhead = len(encode(delta_frame(request_id, seq + len(pieces), "")))
+        overhead = len(encode(frame(request_id, seq + len(pieces), "")))
         budget = max_frame_bytes - overhead
         if budget <= 0:
             raise ValueError("max_frame_bytes is too small for a delta frame")
         piece = text.encode("utf-8")[:budget].decode("utf-8", errors="ignore") or text[0]
         # JSON escaping can grow the text; shrink until the encoded frame fits.
-        while len(encode(delta_frame(request_id, seq + len(pieces), piece))) > max_frame_bytes:
+        while len(encode(frame(request_id, seq + len(pieces), piece))) > max_frame_bytes:
             piece = piece[: max(1, len(piece) * 3 // 4)]
         pieces.append(piece)
         text = text[len(piece) :]
@@ -115,16 +118,17 @@ class Outbox:
                         return "probe", None
                     self._cond.wait(due)
                     continue
-                if self._queue[0][0] == "frame":
+                kind = self._queue[0][0]
+                if kind == "frame":
                     return self._queue.popleft()
                 wait = self._interval_wait()
-                if wait > 0 and not self._closing and all(k == "text" for k, _ in self._queue):
+                if wait > 0 and not self._closing and all(k != "frame" for k, _ in self._queue):
                     self._cond.wait(wait)
                     continue
-                text = []
-                while self._queue and self._queue[0][0] == "text":
+                text = []  # a run of one kind: answer text and reasoning never share a frame
+                while self._queue and self._queue[0][0] == kind:
                     text.append(self._queue.popleft()[1])
-                return "text", "".join(text)
+                return kind, "".join(text)
 
     def _probe_due_in(self) -> float | None:
         """Seconds until the idle connection is due a probe; None when it never is."""
@@ -180,8 +184,7 @@ class FrameSender:
         return self._gone.is_set()
 
     def on_gone(self, action: Callable[[], None]) -> contextlib.AbstractContextManager[None]:
-        """While the block runs, finding the client gone runs ``action`` (on the sender's
-        thread; at once if it is gone already). The stream aborts a stalled model's read."""
+        """While the block runs, a client found gone runs ``action`` (at once if gone already)."""
         return self._gone.on_set(action)
 
     @property
@@ -189,14 +192,15 @@ class FrameSender:
         """Frames could not be delivered; stop producing."""
         return self._failed.is_set()
 
-    @property
-    def next_seq(self) -> int:
-        return self._seq
-
     def delta(self, text: str) -> None:
         if text:
             self.stats.deltas += 1
-            self._outbox.put("text", text)
+            self._outbox.put("delta", text)
+
+    def reasoning(self, text: str) -> None:
+        """The model's reasoning: batched like answer text, in its own frames."""
+        if text:
+            self._outbox.put("reasoning", text)
 
     def send(self, frame: dict[str, Any]) -> None:
         """Queue a control frame (start, end, error) after everything queued before it."""
@@ -218,15 +222,15 @@ class FrameSender:
             elif kind == "frame":
                 delivered = self._deliver(encode(payload))
             else:
-                delivered = self._deliver_text(payload)
+                delivered = self._deliver_text(payload, TEXT_FRAMES[kind])
             if not delivered:
                 self._outbox.clear()
                 return
 
-    def _deliver_text(self, text: str) -> bool:
+    def _deliver_text(self, text: str, frame: Any) -> bool:
         # Built outside the outbox's lock, so the reader never waits on encoding or splitting.
-        for piece in split_text(text, self.request_id, self._seq, self._max_frame_bytes):
-            data = encode(delta_frame(self.request_id, self._seq, piece))
+        for piece in split_text(text, self.request_id, self._seq, self._max_frame_bytes, frame):
+            data = encode(frame(self.request_id, self._seq, piece))
             self._seq += 1
             self._outbox.last_delta_start = self._clock()
             if not self._deliver(data):

@@ -77,16 +77,21 @@ def stream_answer(
     keep_text: bool = False,
     on_finish: Callable[[], None] = lambda: None,
     cancelled: Callable[[], bool] = lambda: False,
+    cancelled_now: Callable[[], bool] = lambda: False,
     before_end: Callable[[str, str], None] | None = None,
+    forward_reasoning: bool = True,
 ) -> StreamResult:
     """Stream the answer. ``on_finish`` runs once, just before the last frame is queued: a
     client that sends its next prompt on seeing ``end`` finds its stream slot already free.
 
-    ``cancelled`` is asked before the model is called and before each chunk is passed on; once
+    ``cancelled`` is asked before the model is called and before each chunk is passed on, and
+    ``cancelled_now`` (a fresh look, where ``cancelled`` may lag) just before the call; once
     it says yes the model's stream is closed and ``end`` (``cancelled``) follows the text already
     handed to the sender, so at most the one frame being assembled precedes it. A ``Signal``
     also aborts the model's stream when it is raised while a read waits on the model (where
     the provider can: ``abort()``), as a client found gone does, so a stalled model ends at once.
+    The model's reasoning goes out in ``reasoning`` frames unless ``forward_reasoning`` is off;
+    it is never kept in the text or the history.
     ``before_end(outcome, text)`` runs just before ``end`` is queued (completed or cancelled),
     with the whole text of the answer: history is stored there, ahead of the client's next turn.
     """
@@ -114,7 +119,7 @@ def stream_answer(
 
     sender.send(start_frame(rid, envelope.model))
     try:
-        if cancelled():  # before the model was even called
+        if cancelled() or cancelled_now():  # before the model was even called
             raise _Cancelled
         budget = max(0.0, min(limits.retry_budget, remaining_time() - limits.deadline_margin))
         read_timeout = max(1.0, min(limits.read_timeout, remaining_time() - limits.deadline_margin))
@@ -138,6 +143,8 @@ def stream_answer(
                 if sender.failed:
                     outcome = Status.DELIVERY_FAILED
                     break
+                if chunk.reasoning and forward_reasoning:
+                    sender.reasoning(chunk.reasoning)
                 if chunk.text:
                     if first_token_at is None:
                         first_token_at = clock()

@@ -84,4 +84,4 @@ class Watcher:
             except ValueError:
                 logger.warning("ignoring a resume to an invalid endpoint")
                 return
-            self.relay.switch(conn, state.after_seq)
+            self.relay.switch(conn, state.after_seq, state.alias)

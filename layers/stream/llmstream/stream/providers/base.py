@@ -17,7 +17,11 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class Chunk:
+    """One piece of a model's stream. ``text`` is the answer's; ``reasoning`` is the thinking a
+    reasoning model streams apart from the answer (usually all of it before the first text)."""
+
     text: str = ""
+    reasoning: str = ""
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None

@@ -143,7 +143,7 @@ class _BedrockChunks:
         self._events = events
         self._chunks = self._read()
         self._primed: list[Chunk] = []
-        self._text_seen = False
+        self._output_seen = False
 
     def prime(self) -> None:
         for chunk in self._chunks:
@@ -159,11 +159,14 @@ class _BedrockChunks:
         try:
             for event in self._events:
                 if "contentBlockDelta" in event:
-                    # Other deltas (tool use, reasoning) are not part of the answer.
-                    text = event["contentBlockDelta"].get("delta", {}).get("text") or ""
-                    if text:
-                        self._text_seen = True
-                        yield Chunk(text=text)
+                    # Tool use deltas are not part of the answer; of reasoning, only its text is
+                    # shown (its signature and redacted content are for sending it back).
+                    delta = event["contentBlockDelta"].get("delta") or {}
+                    text = delta.get("text") or ""
+                    reasoning = (delta.get("reasoningContent") or {}).get("text") or ""
+                    if text or reasoning:
+                        self._output_seen = True  # the client saw it: a retry would repeat it
+                        yield Chunk(text=text, reasoning=reasoning)
                 elif "messageStop" in event:
                     reason = event["messageStop"].get("stopReason")
                     yield Chunk(finish_reason=STOP_REASONS.get(reason, FinishReason.STOP).value)
@@ -175,14 +178,14 @@ class _BedrockChunks:
                     )
         except (StreamReadTimeoutError, ReadTimeoutError):  # urllib3's, while streaming
             raise LLMTimeout(
-                "the model stopped sending for too long", retryable=not self._text_seen
+                "the model stopped sending for too long", retryable=not self._output_seen
             ) from None
         except ClientError as exc:  # EventStreamError: an exception event in the stream
-            raise _stream_error(exc, before_first_token=not self._text_seen) from None
+            raise _stream_error(exc, before_first_token=not self._output_seen) from None
         except Exception as exc:  # a broken connection or a corrupt frame
             raise LLMError(
                 f"the model's stream broke off ({type(exc).__name__})",
-                retryable=not self._text_seen,
+                retryable=not self._output_seen,
             ) from None
 
     def close(self) -> None:

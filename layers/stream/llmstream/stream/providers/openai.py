@@ -24,8 +24,11 @@ class _OpenAIChunks:
                     )
                 for choice in chunk.choices or ():
                     text = (choice.delta.content if choice.delta else None) or ""
-                    if text or choice.finish_reason:
-                        yield Chunk(text=text, finish_reason=choice.finish_reason)
+                    reasoning = _reasoning(choice.delta)
+                    if text or reasoning or choice.finish_reason:
+                        yield Chunk(
+                            text=text, reasoning=reasoning, finish_reason=choice.finish_reason
+                        )
         except openai.APITimeoutError:
             raise LLMTimeout("the model stopped sending for too long") from None
         except openai.APIError as exc:
@@ -43,6 +46,22 @@ class _OpenAIChunks:
         network = getattr(response, "extensions", {}).get("network_stream")
         shutdown_socket(network.get_extra_info("socket") if network is not None else None)
         self.close()
+
+
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+"""Where compatible servers put a delta's reasoning, which OpenAI's schema has no field for:
+DeepSeek, vLLM and LiteLLM use ``reasoning_content``, OpenRouter ``reasoning``. The client keeps
+unknown fields as attributes (its pydantic models allow extras)."""
+
+
+def _reasoning(delta: Any) -> str:
+    """The delta's reasoning text. The first field that has some wins: a server that fills both
+    sends the same text twice, and it must be shown once."""
+    for name in REASONING_FIELDS:
+        value = getattr(delta, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def _safe_message(exc: Exception) -> str:
