@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from .stack import LocalStack, StackConfig
 
@@ -40,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="like EnableBedrockFanout=true: a second stream function serves the Bedrock model "
         "from a mock Bedrock endpoint",
+    )
+    parser.add_argument(
+        "--function",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="a SAM app (its folder or template.yaml) whose functions run beside the stack's, "
+        "on the routes it adds to the API, e.g. --function examples/custom-handler",
     )
     parser.add_argument(
         "--set",
@@ -88,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         isolation=args.isolation,
         bedrock_fanout=args.bedrock_fanout,
         env=env,
+        extra_templates=args.function,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -101,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             else f"{stack.llm_base_url} (key from LLM_API_KEY/OPENAI_API_KEY)"
         )
         print(f"Chat page: {stack.http_url}  WebSocket: {stack.ws_url}", flush=True)
+        for template in stack.extra_templates():
+            routes = ", ".join(sorted(template.routes()))
+            print(f"{template.path.parent.name}: its routes {routes} on the same API", flush=True)
         print(
             f"LLM: {llm}\nManagement API: {stack.management_url}  AWS (moto): {stack.moto_url}",
             flush=True,

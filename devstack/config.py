@@ -41,6 +41,9 @@ class StackConfig:
     # parameter (MIN_FRAME_INTERVAL_MS from MinFrameIntervalMs) overrides that parameter.
     env: dict[str, str] = field(default_factory=dict)
     extra_functions: list[FunctionSpec] = field(default_factory=list)
+    # SAM apps (a template.yaml, or its folder) whose functions run beside template.yaml's, on
+    # the WebSocket routes they add to its API: examples/custom-handler (devstack.deployment).
+    extra_templates: list[Path] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)  # besides StreamFunction's
     static_dir: Path | None = None  # None: devstack/static
     bedrock_fanout: bool = False  # EnableBedrockFanout=true, with the mock Bedrock endpoint

@@ -1,14 +1,17 @@
 """template.yaml as the local stack deploys it: the parameters its config sets, each function's
-spec and environment (the template's, on top of the local wiring), the routes and subscribers.
+spec and environment (the template's, on top of the local wiring), the routes and subscribers;
+and, beside it, the functions and routes of the SAM apps of ``extra_templates``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from .config import PREFIX, StackConfig
+from .extra_apps import app_env, load_app, with_app_routes
 from .gateway import GatewayConfig
 from .resources import moto_client
 from .routes import Route, template_routes
@@ -57,6 +60,7 @@ class LocalDeployment:
         self.mock_llm: Any = None
         self.mock_bedrock: Any = None
         self._templates: dict[str, Template] = {}
+        self._extra: dict[str, list[Template]] = {}
         self._as_written: Template | None = None  # at its parameters' defaults
 
     def client(self, service: str) -> Any:
@@ -137,30 +141,33 @@ class LocalDeployment:
         specs = []
         subscribed = {s.function for s in self.template().subscriptions()}
         for function in self.template().functions().values():
-            name, code_dir = function.name, cfg.root / "functions" / function.folder
+            code_dir = cfg.root / "functions" / function.folder
             if not (code_dir / "app.py").exists():
                 log.warning("functions/%s/app.py is missing; its routes will fail", function.folder)
                 continue
             concurrency = 100 if function.logical_id in subscribed else 10
-            specs.append(
-                FunctionSpec(
-                    name=name,
-                    code_dir=code_dir,
-                    layers=(cfg.root / "layers" / "stream",),
-                    function_name=self.template().name(function.logical_id),
-                    timeout=function.timeout,
-                    memory_mb=function.memory_mb,
-                    async_retries=cfg.async_retries.get(name, function.async_retries),
-                    max_concurrency=cfg.max_concurrency.get(name, concurrency),
-                    env={k: v for k, v in self.function_env(name).items() if v is not None},
-                    isolation=cfg.isolation,
-                )
-            )
+            env = self.function_env(function.name)
+            specs.append(function_spec(cfg, self.template(), function, code_dir, env, concurrency))
+        for app in self.extra_templates():
+            for function in app.functions().values():
+                if function.name in {s.name for s in specs}:
+                    raise ValueError(f"{app.path}: a function {function.name!r} runs already")
+                env = app_env(app, function.logical_id, local_env(self.moto_url), cfg.env)
+                code_dir = app.path.parent / function.code_uri
+                specs.append(function_spec(cfg, app, function, code_dir, env, 10))
         return specs + list(cfg.extra_functions)
 
+    def extra_templates(self) -> list[Template]:
+        """The SAM apps of ``extra_templates``, deployed beside template.yaml (extra_apps)."""
+        key = f"{self.moto_url} {self.llm_base_url}"
+        if key not in self._extra:
+            self._extra[key] = [load_app(p, self.template()) for p in self.config.extra_templates]
+        return self._extra[key]
+
     def routes(self) -> dict[str, Route]:
-        """The API's routes, to the functions by their short names."""
-        return template_routes(self.template())
+        """The API's routes, to the functions by their short names: template.yaml's, and
+        those the extra apps add to its API."""
+        return with_app_routes(template_routes(self.template()), self.extra_templates())
 
     def subscriptions(self) -> list[Subscription]:
         functions = self.template().functions()
@@ -184,3 +191,28 @@ class LocalDeployment:
             throttle_every=cfg.throttle_every,
             routes=self.routes(),
         )
+
+
+def function_spec(
+    cfg: StackConfig,
+    template: Template,
+    function: Function,
+    code_dir: Path,
+    env: dict[str, str | None],
+    concurrency: int,
+) -> FunctionSpec:
+    """How the runtime runs one function of ``template``, its code in ``code_dir``."""
+    name = function.name
+    return FunctionSpec(
+        name=name,
+        code_dir=code_dir,
+        layers=(cfg.root / "layers" / "stream",),
+        handler=function.handler,
+        function_name=template.name(function.logical_id),
+        timeout=function.timeout,
+        memory_mb=function.memory_mb,
+        async_retries=cfg.async_retries.get(name, function.async_retries),
+        max_concurrency=cfg.max_concurrency.get(name, concurrency),
+        env={k: v for k, v in env.items() if v is not None},
+        isolation=cfg.isolation,
+    )

@@ -74,6 +74,8 @@ class Scope(Protocol):
 
     def condition(self, name: str) -> bool: ...
 
+    def import_value(self, name: str) -> Any: ...
+
 
 def evaluate(value: Any, scope: Scope) -> Any:
     """The value with every intrinsic function evaluated; NO_VALUE items are dropped."""
@@ -114,6 +116,8 @@ def evaluate(value: Any, scope: Scope) -> Any:
         return text(evaluate(source, scope)).split(delimiter)
     if function == "Fn::Sub":
         return _sub(args, scope)
+    if function == "Fn::ImportValue":
+        return scope.import_value(text(evaluate(args, scope)))
     raise ValueError(f"cannot resolve {function} locally")
 
 
@@ -136,7 +140,8 @@ class ResolvedTemplate:
     """template.yaml with its parameters set and its resources given local names.
 
     ``endpoint_url`` is where SQS queue URLs point (a moto server); without it they have
-    AWS's own form, which moto's in-process mock uses too.
+    AWS's own form, which moto's in-process mock uses too. ``imports`` are the values that
+    ``!ImportValue`` finds, by export name: another template's ``exports()``.
     """
 
     def __init__(
@@ -148,14 +153,17 @@ class ResolvedTemplate:
         region: str = "us-east-1",
         account_id: str = "123456789012",
         endpoint_url: str | None = None,
+        imports: Mapping[str, Any] | None = None,
     ) -> None:
+        self.path = path
         self.raw = load(path)
         unknown = set(parameters or {}) - set(self.raw["Parameters"])
         if unknown:
-            raise KeyError(f"template.yaml has no parameters {sorted(unknown)}")
+            raise KeyError(f"{path.name} has no parameters {sorted(unknown)}")
         self.overrides = dict(parameters or {})
         self.stack_name, self.region, self.account_id = stack_name, region, account_id
         self.endpoint_url = endpoint_url
+        self.imports = dict(imports or {})
 
     # ------------------------------------------------------------------ parameters, conditions
 
@@ -223,6 +231,8 @@ class ResolvedTemplate:
         if name in pseudo:
             return pseudo[name]
         if name in self.raw["Parameters"]:
+            if self.raw["Parameters"][name].get("Type") == "CommaDelimitedList":
+                return self.parameters[name].split(",")  # "" is [""], as in CloudFormation
             return self.parameters[name]
         kind = self.raw["Resources"][name]["Type"]
         if kind == "AWS::SNS::Topic":
@@ -239,6 +249,20 @@ class ResolvedTemplate:
         if attribute == "QueueUrl":
             return self.queue_url(logical_id)
         raise KeyError(f"cannot resolve !GetAtt {logical_id}.{attribute} locally")
+
+    def import_value(self, name: str) -> Any:
+        if name not in self.imports:
+            raise KeyError(f"!ImportValue {name!r}: no such export (known: {sorted(self.imports)})")
+        return self.imports[name]
+
+    def exports(self) -> dict[str, Any]:
+        """What this stack exports to others (its Outputs' ``Export``), by export name."""
+        return {
+            text(self.resolve(output["Export"]["Name"])): self.resolve(output["Value"])
+            for output in self.raw.get("Outputs", {}).values()
+            if "Export" in output
+            and ("Condition" not in output or self.condition(output["Condition"]))
+        }
 
     # ------------------------------------------------------------------ intrinsics
 

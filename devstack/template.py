@@ -72,6 +72,8 @@ class Function:
     environment: dict[str, str]  # Globals' and its own, resolved
     async_retries: int  # EventInvokeConfig's, else Lambda's default of 2
     on_failure: str | None  # the logical ID of its asynchronous on-failure destination
+    code_uri: str = ""  # as written, relative to the template's folder
+    handler: str = "app.lambda_handler"  # its own, else Globals'
 
     @property
     def name(self) -> str:
@@ -138,6 +140,8 @@ class Template(ResolvedTemplate):
                 environment=self.environment(logical_id),
                 async_retries=int(self.resolve(config.get("MaximumRetryAttempts", 2))),
                 on_failure=failure["Fn::GetAtt"][0] if failure else None,
+                code_uri=props["CodeUri"],
+                handler=props.get("Handler", glob.get("Handler", "app.lambda_handler")),
             )
         return out
 

@@ -196,13 +196,13 @@ def test_the_slot_is_free_before_the_end_frame_leaves(
     """A client that sends its next prompt the moment it sees `end` is never refused."""
     connection_id = "Kx3vYdqgoAMCJyQ="
     seen_at_release: list[list[str]] = []
-    real_release = slots.release_stream
+    real_release = slots.release_once
 
-    def release(dynamodb, table, cid):
-        seen_at_release.append([f["type"] for f in frames_posted(cid)])
-        return real_release(dynamodb, table, cid)
+    def release(dynamodb, **where):
+        seen_at_release.append([f["type"] for f in frames_posted(where["connection_id"])])
+        return real_release(dynamodb, **where)
 
-    monkeypatch.setattr(slots, "release_stream", release)
+    monkeypatch.setattr(slots, "release_once", release)
     load_handler("connect").lambda_handler(load_event("connect.json"), lambda_context)
     send(message_event("#mock tokens=3 rate=0"), lambda_context)
     [notification] = stream_env.published()

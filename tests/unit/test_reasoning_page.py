@@ -85,7 +85,9 @@ def page(browser: Any, static_url: str) -> Iterator[Any]:
     errors: list[str] = []
     chat.on("pageerror", lambda exc: errors.append(str(exc)))
     chat.goto(static_url)
-    chat.wait_for_function("window.__sockets.length === 1 && window.__sockets[0].readyState === 1")
+    chat.wait_for_function(
+        "() => window.__sockets.length === 1 && window.__sockets[0].readyState === 1"
+    )
     yield chat
     context.close()
     assert errors == [], "the page threw"
@@ -95,7 +97,7 @@ def ask(page: Any, prompt: str = "Think first.") -> str:
     """Send a prompt; returns the requestId the page gave it."""
     page.locator("#prompt").fill(prompt)
     page.locator("#send").click()
-    page.wait_for_function("window.__sockets.at(-1).sent.length > 0")
+    page.wait_for_function("() => window.__sockets.at(-1).sent.length > 0")
     return page.evaluate("window.__sockets.at(-1).sent.at(-1).requestId")
 
 
@@ -149,7 +151,9 @@ def test_a_resume_after_reasoning_frames_asks_for_what_follows_them(page: Any) -
     play(page, reasoning(rid, 0, "r0 "), reasoning(rid, 1, "r1 "))
     page.evaluate("window.__sockets.at(-1).drop()")
 
-    page.wait_for_function("window.__sockets.length === 2 && window.__sockets[1].sent.length > 0")
+    page.wait_for_function(
+        "() => window.__sockets.length === 2 && window.__sockets[1].sent.length > 0"
+    )
     assert page.evaluate("window.__sockets[1].sent[0]") == {
         "action": "resume",
         "requestId": rid,

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from devstack.template import Template, load
+
 from .cfn import (
     EXECUTE_API,
+    ROOT,
     STREAM_FUNCTIONS,
     actions_of,
     as_list,
@@ -173,20 +177,91 @@ def test_stream_function_reads_only_the_llm_api_key_secret_and_one_bedrock_model
         }
 
 
+class WithSamRoles(Template):
+    """The template resolved, each role SAM makes for a function (``MessageFunctionRole``) given
+    as its logical ID: what no local name stands for."""
+
+    def get_att(self, logical_id: str, attribute: str) -> str:
+        if logical_id not in self.raw["Resources"]:
+            return f"{logical_id}.{attribute}"
+        return super().get_att(logical_id, attribute)
+
+
+def topic_policy(**parameters: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The prompt topic's Allow and Deny statements, as deployed with ``parameters``."""
+    template = WithSamRoles(parameters=parameters)
+    (name,) = template.resources("AWS::SNS::TopicPolicy")
+    props = template.properties(name)
+    assert props["Topics"] == [template.ref("PromptTopic")]
+    statements = props["PolicyDocument"]["Statement"]
+    assert {s["Resource"] for s in statements} == {template.ref("PromptTopic")}
+    assert {s["Action"] for s in statements} == {"sns:Publish"}  # SNS still delivers to Lambda
+    allows = [s for s in statements if s["Effect"] == "Allow"]
+    denies = [s for s in statements if s["Effect"] == "Deny"]
+    assert len(allows) + len(denies) == len(statements)
+    return allows, denies
+
+
+ROLE = "MessageFunctionRole.Arn"
+PUBLISHERS = ["arn:aws:iam::123456789012:role/orders-AskAboutOrderRole", "arn:aws:iam::1:role/b"]
+
+
 def test_only_the_message_function_role_may_publish_to_the_prompt_topic(
     template: dict[str, Any],
 ) -> None:
-    (policy,) = resources(template, "AWS::SNS::TopicPolicy").values()
-    props = policy["Properties"]
-    assert props["Topics"] == [{"Ref": "PromptTopic"}]
-    role = {"Fn::GetAtt": ["MessageFunctionRole", "Arn"]}
-    allows = [s for s in props["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
-    denies = [s for s in props["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
-    assert [(s["Principal"], s["Action"]) for s in allows] == [({"AWS": role}, "sns:Publish")]
-    # Everyone else is denied Publish, and nothing but Publish (SNS still delivers to Lambda).
-    assert [(s["Action"], s["Condition"]) for s in denies] == [
-        ("sns:Publish", {"ArnNotEquals": {"aws:PrincipalArn": role}})
+    assert template["Parameters"]["PromptPublisherRoleArns"]["Default"] == ""
+    allows, denies = topic_policy()
+    assert [s["Principal"] for s in allows] == [{"AWS": ROLE}]
+    # Everyone else is denied Publish, whatever their own IAM policies allow.
+    assert [(s["Principal"], s["Condition"]) for s in denies] == [
+        ("*", {"ArnNotEquals": {"aws:PrincipalArn": ROLE}})
     ]
+
+
+def test_the_roles_of_prompt_publisher_role_arns_may_publish_too_and_nobody_else() -> None:
+    allows, denies = topic_policy(PromptPublisherRoleArns=",".join(PUBLISHERS))
+    assert [s["Principal"] for s in allows] == [{"AWS": ROLE}, {"AWS": PUBLISHERS}]
+    assert [(s["Principal"], s["Condition"]) for s in denies] == [
+        ("*", {"ArnNotEquals": {"aws:PrincipalArn": [ROLE, *PUBLISHERS]}})
+    ]
+    one, _ = topic_policy(PromptPublisherRoleArns=PUBLISHERS[0])
+    assert [s["Principal"] for s in one] == [{"AWS": ROLE}, {"AWS": PUBLISHERS[:1]}]
+
+
+EXPORTS = {
+    "WebSocketApiId": {"Ref": "WebSocketApi"},
+    "WebSocketStageName": {"Ref": "StageName"},
+    "StreamLayerArn": {"Ref": "StreamLayer"},
+    "PromptTopicArn": {"Ref": "PromptTopic"},
+    "FramesTableName": {"Ref": "FramesTable"},
+    "ConnectionsTableName": {"Ref": "ConnectionsTable"},
+}
+
+
+def test_the_layer_topic_api_and_tables_are_exported_under_the_stack_name(
+    template: dict[str, Any],
+) -> None:
+    exported = {name: output for name, output in template["Outputs"].items() if "Export" in output}
+    assert {name: output["Value"] for name, output in exported.items()} == EXPORTS
+    for name, output in exported.items():
+        assert output["Export"] == {"Name": {"Fn::Sub": f"${{AWS::StackName}}-{name}"}}, name
+        assert "Condition" not in output, name  # another stack may import it at any time
+
+
+def test_the_custom_handler_example_imports_only_what_the_stack_exports() -> None:
+    def imports(value: Any) -> Iterator[str]:
+        if isinstance(value, dict):
+            if "Fn::ImportValue" in value:
+                yield sub_text(value["Fn::ImportValue"]) or ""
+            for item in value.values():
+                yield from imports(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from imports(item)
+
+    example = load(ROOT / "examples" / "custom-handler" / "template.yaml")
+    names = set(imports(example))
+    assert names == {f"${{MainStackName}}-{name}" for name in EXPORTS}
 
 
 def test_dead_letter_queue_accepts_messages_only_from_the_prompt_topic(

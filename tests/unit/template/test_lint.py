@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cfnlint.decode import decode
 
-from devstack.template import TEMPLATE
+from devstack.template import TEMPLATE, load
 
 from .cfn import ROOT, cfn_lint_cli, functions, sam_cli, sam_env
 
@@ -28,6 +28,23 @@ def test_template_passes_cfn_lint_with_no_findings() -> None:
         [cfn_lint_cli(), str(TEMPLATE)], capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
+
+
+EXAMPLE_TEMPLATES = sorted((ROOT / "examples").glob("*/template.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLE_TEMPLATES, ids=lambda p: p.parent.name)
+def test_each_examples_template_passes_cfn_lint_and_the_loader_reads_it_as_cfn_lint_does(
+    example: Path,
+) -> None:
+    # examples/custom-handler deploys beside this stack: it must lint as clean as the stack.
+    run = subprocess.run(
+        [cfn_lint_cli(), str(example)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
+    decoded, matches = decode(str(example))
+    assert not matches, [str(m) for m in matches]
+    assert json.loads(json.dumps(decoded)) == json.loads(json.dumps(load(example)))
 
 
 def test_the_loader_reads_the_template_as_cfn_lint_does(template: dict[str, Any]) -> None:

@@ -81,8 +81,17 @@ def test_checkov_finds_nothing_in_the_template() -> None:
 
 
 def test_checkov_finds_nothing_in_the_optional_resources(tmp_path: Path) -> None:
-    # The authorizer (AuthMode) and the Bedrock stream function (EnableBedrockFanout).
-    report = checkov(with_defaults(tmp_path, AuthMode="hmac", EnableBedrockFanout="true"))
+    # The authorizer (AuthMode), the Bedrock stream function (EnableBedrockFanout), and the
+    # topic policy's statement for other publishers (PromptPublisherRoleArns).
+    publisher = "arn:aws:iam::123456789012:role/orders-AskAboutOrderFunctionRole"
+    report = checkov(
+        with_defaults(
+            tmp_path,
+            AuthMode="hmac",
+            EnableBedrockFanout="true",
+            PromptPublisherRoleArns=publisher,
+        )
+    )
     assert not failures(report), failures(report)
     scanned = {c["resource"] for c in report["results"]["passed_checks"]}
     assert {

@@ -68,7 +68,7 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:=+/-]{1,128}$")
 # --------------------------------------------------------------------------- client messages
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # not frozen: Python sets an exception's __traceback__ as it travels
 class ProtocolError(Exception):
     """A client mistake, answered with an error frame; never a bug."""
 
@@ -77,6 +77,9 @@ class ProtocolError(Exception):
     request_id: str | None = None
     dialect: str | None = None
     """``ai-sdk`` for a WebSocketChatTransport frame: answered in that protocol."""
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
 
     def frame(self, fallback_request_id: str | None = None) -> dict[str, Any]:
         request_id = self.request_id or fallback_request_id

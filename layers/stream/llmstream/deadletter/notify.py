@@ -138,7 +138,7 @@ def notify_dead_letter(
     if claim.taken is lifecycle.Taken.ENDED:
         logger.info("dead letter: the request ended and its client was told", extra=ids)
         return ALREADY_TOLD
-    StreamSlot.of(dynamodb, settings, envelope.connection_id).release()
+    StreamSlot(dynamodb, settings, key, envelope.connection_id).release()
     claimed = claim.taken is lifecycle.Taken.CLAIMED
     reason = lifecycle.NOT_STARTED if claimed else lifecycle.INTERRUPTED
     return _tell(connection_factory(claim.request.address), envelope.request_id, reason, ids)

@@ -72,7 +72,7 @@ def accept_message(
         from . import transport  # here: it builds on this module
 
         if isinstance(message, Cancel):
-            transport.abort(message, caller, requests)
+            transport.abort(message, caller, requests, limits)
             return None
         if isinstance(message, Resume):
             return transport.resume(message, caller, requests)
@@ -80,7 +80,7 @@ def accept_message(
             send(message, caller, settings, publish, now_ms, limits, requests)
         )
     if isinstance(message, Cancel):
-        return cancel_answer(message, caller, requests)
+        return cancel_answer(message, caller, requests, limits)
     if isinstance(message, Resume):
         return resume_answer(message, caller, settings, publish, now_ms, limits, requests)
     return send(message, caller, settings, publish, now_ms, limits, requests)
@@ -187,20 +187,25 @@ def _register(
     return None
 
 
-def cancel_answer(message: Cancel, caller: Caller, requests: Requests) -> dict[str, Any]:
-    """Flag the answer cancelled; its stream function ends it within one frame."""
+def cancel_answer(
+    message: Cancel, caller: Caller, requests: Requests, limits: ConnectionLimits
+) -> dict[str, Any]:
+    """Flag the answer cancelled, and give its stream slot back; its stream function ends it
+    within one frame."""
     rid = message.request_id
     not_found = error_frame(rid, ErrorCode.NOT_FOUND, f"no answer {rid!r} is in progress here")
+    key = owner_key(caller.principal_id, rid)
     try:
         cancelled = requests.cancels.cancel(
-            owner_key(caller.principal_id, rid),
-            principal_id=caller.principal_id,
-            connection_id=caller.connection_id,
+            key, principal_id=caller.principal_id, connection_id=caller.connection_id
         )
     except Exception:
         logger.exception("could not cancel the request")
         return error_frame(rid, ErrorCode.INTERNAL, "the answer could not be cancelled; try again")
-    return accepted_frame(rid) if cancelled else not_found
+    if cancelled is None:
+        return not_found
+    limits.give_back_cancelled(requests.store.table.name, key, cancelled)
+    return accepted_frame(rid)
 
 
 RESUME_REFUSALS = {

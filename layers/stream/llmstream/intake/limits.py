@@ -17,7 +17,9 @@ from typing import Any
 from boto3.dynamodb.conditions import Attr
 
 from ..core.dynamo import ConditionFailed, Table
-from ..requests.slots import STALE_SLOT_SECONDS, Refusal, release_stream
+from ..core.observability import logger
+from ..requests.record import Request
+from ..requests.slots import STALE_SLOT_SECONDS, Refusal, release_once, release_stream
 
 WINDOW_SECONDS = 60
 RATE_KEY_PREFIX = "rate#"
@@ -55,6 +57,23 @@ class ConnectionLimits:
             self._undo(connection_id, now_s, slot=False)
             refusal = self._principal_refusal()
         return refusal
+
+    def give_back_cancelled(self, frames_table: str, key: str, cancelled: Request) -> None:
+        """A cancelled answer gives its stream slot back at once, so that a client that stops
+        an answer and sends its next prompt straight away is not refused. The stream function,
+        ending the answer a moment later, then gives back nothing (release_once)."""
+        if self.max_streams <= 0 or not cancelled.slot_connection:
+            return
+        try:
+            release_once(
+                self.dynamodb,
+                frames_table=frames_table,
+                key=key,
+                connections_table=self.table,
+                connection_id=cancelled.slot_connection,
+            )
+        except Exception:  # the stream function gives it back when the answer ends
+            logger.exception("could not give back the stream slot of a cancelled answer")
 
     def give_back(self, connection_id: str, now_s: int) -> None:
         """Undo ``admit`` for a request that was admitted but never published."""

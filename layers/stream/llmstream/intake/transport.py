@@ -14,6 +14,7 @@ from ..core.protocol import Cancel, Resume
 from ..requests.lifecycle import Attached, Refused, Requests
 from ..requests.record import owner_key
 from .accept import Caller
+from .limits import ConnectionLimits
 
 NOT_RESUMED = "the answer could not be resumed; try again"
 
@@ -26,15 +27,23 @@ def in_dialect(frame: dict[str, Any]) -> dict[str, Any] | None:
     return transport.error_frame(frame["requestId"], f"{frame['code']}: {frame['message']}")
 
 
-def abort(message: Cancel, caller: Caller, requests: Requests) -> None:
-    """Cancel the request, or the one it was resumed as; the client expects no reply."""
+def abort(message: Cancel, caller: Caller, requests: Requests, limits: ConnectionLimits) -> None:
+    """Cancel the request, or the one it was resumed as, and give its stream slot back at once
+    (``stop()`` resolves at once: the next send comes right behind). No reply is expected."""
     principal, connection = caller.principal_id, caller.connection_id
-    key = owner_key(principal, message.request_id)
     try:
-        if not requests.cancels.cancel(key, principal_id=principal, connection_id=connection):
+        key = owner_key(principal, message.request_id)
+        cancelled = requests.cancels.cancel(key, principal_id=principal, connection_id=connection)
+        if cancelled is None:  # the requestId of a resume: find the request it moved
             resumed = requests.chats.resolve(principal, message.request_id)
-            if resumed is not None:
-                requests.cancels.cancel(resumed, principal_id=principal, connection_id=connection)
+            if resumed is None:
+                return
+            key = resumed
+            cancelled = requests.cancels.cancel(
+                key, principal_id=principal, connection_id=connection
+            )
+        if cancelled is not None:
+            limits.give_back_cancelled(requests.store.table.name, key, cancelled)
     except Exception:  # the client is not listening for a reply: log it, for the operator
         logger.exception("could not abort the request")
 

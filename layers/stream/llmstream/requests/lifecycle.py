@@ -232,6 +232,7 @@ def record_fields(new: NewRequest, now: float, ttl_seconds: int) -> dict[str, An
     return {
         "rid": new.request_id,
         **address_item(new.address),
+        "slotConnection": new.address.connection_id,
         "owner": new.owner,
         "attach": 0,
         "resumable": new.resumable,

@@ -81,6 +81,8 @@ class Request:
     """The answer's last frame (``end`` or ``error``), kept once a resumable answer is over."""
     replayed: int = 0
     """The last attach whose replay a stream function took on."""
+    slot_connection: str = ""
+    """The connection whose stream slot the request holds (where it was sent from)."""
     alias: str | None = None
     """The requestId a transport client resumed it under: its frames carry that id now."""
     pending_cancel: bool = False
@@ -114,6 +116,7 @@ class Request:
             last_seq=item.get("lastSeq", -1),
             final=json.loads(final) if final else None,
             replayed=item.get("replayed", 0),
+            slot_connection=item.get("slotConnection", ""),
             alias=item.get("alias"),
             pending_cancel=bool(item.get("pendingCancel", False)),
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..core.dynamo import conditional_failed
+from ..core.dynamo import conditional_failed, to_item
 from ..core.observability import logger
 from ..core.settings import Settings
 
@@ -46,27 +46,69 @@ def release_stream(dynamodb: Any, table: str, connection_id: str) -> bool:
         raise
 
 
+def release_once(
+    dynamodb: Any, *, frames_table: str, key: str, connections_table: str, connection_id: str
+) -> bool:
+    """Give the request ``key``'s stream slot back unless someone did: its record's flag and its
+    connection's count change together (one TransactWriteItems), so a slot given back when the
+    client cancels is not given back again when the stream ends. False when nothing changed."""
+    record = {"requestId": key, "seq": -1}
+    try:
+        dynamodb.transact_write_items(
+            TransactItems=[
+                {
+                    "Update": {
+                        "TableName": frames_table,
+                        "Key": to_item(record),
+                        "UpdateExpression": "SET slotReleased = :yes",
+                        "ConditionExpression": "attribute_exists(requestId) AND "
+                        "attribute_not_exists(slotReleased)",
+                        "ExpressionAttributeValues": to_item({":yes": True}),
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": connections_table,
+                        "Key": to_item({"connectionId": connection_id}),
+                        "UpdateExpression": "ADD activeStreams :minus_one",
+                        "ConditionExpression": "attribute_exists(connectionId) AND "
+                        "activeStreams > :zero",
+                        "ExpressionAttributeValues": to_item({":minus_one": -1, ":zero": 0}),
+                    }
+                },
+            ]
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+            return False
+        raise
+    return True
+
+
 class StreamSlot:
     """The stream slot one request holds on its connection, given back once: as the answer's
     last frame is queued (so that a client that sends its next prompt on seeing ``end`` finds
-    it free), or, for a request that no invocation will answer, by the dead-letter function."""
+    it free), when its client cancels it (intake), or, for a request that no invocation will
+    answer, by the dead-letter function."""
 
-    def __init__(self, dynamodb: Any, table: str, connection_id: str, *, held: bool) -> None:
+    def __init__(self, dynamodb: Any, settings: Settings, key: str, connection_id: str) -> None:
         self._dynamodb = dynamodb
-        self._table = table
+        self._settings = settings
+        self._key = key
         self._connection_id = connection_id
-        self._held = held
-
-    @classmethod
-    def of(cls, dynamodb: Any, settings: Settings, connection_id: str) -> StreamSlot:
-        held = settings.max_concurrent_streams > 0  # no limit, no slot taken
-        return cls(dynamodb, settings.connections_table, connection_id, held=held)
+        self._held = settings.max_concurrent_streams > 0  # no limit, no slot taken
 
     def release(self) -> None:
         if not self._held:
             return
         self._held = False
         try:
-            release_stream(self._dynamodb, self._table, self._connection_id)
+            release_once(
+                self._dynamodb,
+                frames_table=self._settings.frames_table,
+                key=self._key,
+                connections_table=self._settings.connections_table,
+                connection_id=self._connection_id,
+            )
         except Exception:
             logger.exception("could not give back the stream slot")

@@ -62,7 +62,7 @@ def run_prompt(
     if settings.log_content:
         logger.info("prompt", extra={"messages": list(envelope.messages)})
     key = owner_key(envelope.principal_id, envelope.request_id)
-    slot = StreamSlot.of(dynamodb, settings, envelope.connection_id)
+    slot = StreamSlot(dynamodb, settings, key, envelope.connection_id)
     try:
         claim = requests.claim(key, new_request(envelope, settings))
     except Exception:
