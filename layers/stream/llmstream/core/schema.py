@@ -11,6 +11,23 @@ from typing import Any
 from .protocol import MAX_SEQ, REQUEST_ID_PATTERN, ROLES, ErrorCode, FinishReason
 
 _REQUEST_ID = {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern}
+
+
+def _text_frame(kind: str) -> dict[str, Any]:
+    """A frame of text (an answer's delta, or its reasoning): one seq space for both."""
+    return {
+        "type": "object",
+        "required": ["type", "requestId", "seq", "text"],
+        "properties": {
+            "type": {"const": kind},
+            "requestId": {"type": "string"},
+            "seq": {"type": "integer", "minimum": 0},
+            "text": {"type": "string"},
+        },
+        "additionalProperties": False,
+    }
+
+
 _NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
 
 SCHEMA: dict[str, Any] = {
@@ -81,28 +98,8 @@ SCHEMA: dict[str, Any] = {
             },
             "additionalProperties": False,
         },
-        "delta": {
-            "type": "object",
-            "required": ["type", "requestId", "seq", "text"],
-            "properties": {
-                "type": {"const": "delta"},
-                "requestId": {"type": "string"},
-                "seq": {"type": "integer", "minimum": 0},
-                "text": {"type": "string"},
-            },
-            "additionalProperties": False,
-        },
-        "reasoning": {
-            "type": "object",
-            "required": ["type", "requestId", "seq", "text"],
-            "properties": {
-                "type": {"const": "reasoning"},
-                "requestId": {"type": "string"},
-                "seq": {"type": "integer", "minimum": 0},
-                "text": {"type": "string"},
-            },
-            "additionalProperties": False,
-        },
+        "delta": _text_frame("delta"),
+        "reasoning": _text_frame("reasoning"),
         "end": {
             "type": "object",
             "required": ["type", "requestId", "finishReason", "usage"],

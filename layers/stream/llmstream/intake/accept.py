@@ -46,6 +46,19 @@ class Caller:
         return self.address.connection_id
 
 
+@dataclass(frozen=True)
+class Intake:
+    """What handling one client message needs: who sent it, the deployment's settings, where
+    prompts go, the clock, the limits and the request records."""
+
+    caller: Caller
+    settings: Settings
+    publish: Publish
+    now_ms: int
+    limits: ConnectionLimits
+    requests: Requests
+
+
 def accept_message(
     body: str | None,
     caller: Caller,
@@ -68,34 +81,27 @@ def accept_message(
         )
     except ProtocolError as exc:
         return exc.frame(caller.request_id)
+    intake = Intake(caller, settings, publish, now_ms, limits, requests)
     if message.dialect == DIALECT:
         from . import transport  # here: it builds on this module
 
         if isinstance(message, Cancel):
-            transport.abort(message, caller, requests, limits)
+            transport.abort(message, intake)
             return None
         if isinstance(message, Resume):
-            return transport.resume(message, caller, requests)
-        return transport.in_dialect(
-            send(message, caller, settings, publish, now_ms, limits, requests)
-        )
+            return transport.resume(message, intake)
+        return transport.in_dialect(send(message, intake))
     if isinstance(message, Cancel):
-        return cancel_answer(message, caller, requests, limits)
+        return cancel_answer(message, intake)
     if isinstance(message, Resume):
-        return resume_answer(message, caller, settings, publish, now_ms, limits, requests)
-    return send(message, caller, settings, publish, now_ms, limits, requests)
+        return resume_answer(message, intake)
+    return send(message, intake)
 
 
-def send(
-    message: SendMessage,
-    caller: Caller,
-    settings: Settings,
-    publish: Publish,
-    now_ms: int,
-    limits: ConnectionLimits,
-    requests: Requests,
-) -> dict[str, Any]:
+def send(message: SendMessage, intake: Intake) -> dict[str, Any]:
     """Register, admit and publish a prompt: ``accepted``, or the error that refused it."""
+    caller, settings, now_ms = intake.caller, intake.settings, intake.now_ms
+    limits, requests = intake.limits, intake.requests
     envelope = PromptEnvelope(
         request_id=message.request_id,
         connection_id=caller.address.connection_id,
@@ -126,7 +132,7 @@ def send(
         _forget(requests, key)  # registered, then refused: the id is free again
         return refused
     try:
-        publish(envelope)
+        intake.publish(envelope)
     except Exception:  # SNS unreachable or refusing: the client must hear of it, with its id
         logger.exception("could not queue the prompt")
         _give_back(limits, caller.connection_id, now_ms)
@@ -187,11 +193,10 @@ def _register(
     return None
 
 
-def cancel_answer(
-    message: Cancel, caller: Caller, requests: Requests, limits: ConnectionLimits
-) -> dict[str, Any]:
+def cancel_answer(message: Cancel, intake: Intake) -> dict[str, Any]:
     """Flag the answer cancelled, and give its stream slot back; its stream function ends it
     within one frame."""
+    caller, requests = intake.caller, intake.requests
     rid = message.request_id
     not_found = error_frame(rid, ErrorCode.NOT_FOUND, f"no answer {rid!r} is in progress here")
     key = owner_key(caller.principal_id, rid)
@@ -204,7 +209,7 @@ def cancel_answer(
         return error_frame(rid, ErrorCode.INTERNAL, "the answer could not be cancelled; try again")
     if cancelled is None:
         return not_found
-    limits.give_back_cancelled(requests.store.table.name, key, cancelled)
+    intake.limits.give_back_cancelled(requests.store.table.name, key, cancelled)
     return accepted_frame(rid)
 
 
@@ -219,17 +224,11 @@ RESUME_REFUSALS = {
 }
 
 
-def resume_answer(
-    message: Resume,
-    caller: Caller,
-    settings: Settings,
-    publish: Publish,
-    now_ms: int,
-    limits: ConnectionLimits,
-    requests: Requests,
-) -> dict[str, Any]:
+def resume_answer(message: Resume, intake: Intake) -> dict[str, Any]:
     """Move the answer to the caller's connection: a live one follows at once, a finished one is
     replayed from the frames table by a stream function."""
+    caller, settings, now_ms = intake.caller, intake.settings, intake.now_ms
+    limits, requests, publish = intake.limits, intake.requests, intake.publish
     rid = message.request_id
     try:
         refusal = limits.count(caller.connection_id, caller.principal_id, now_ms // 1000)

@@ -30,7 +30,7 @@ from ..core.protocol import (
 )
 from ..core.settings import ConfigurationError, Settings, get_settings
 from ..requests.lifecycle import NewRequest, Requests
-from .accept import Caller, publish_prompt, send
+from .accept import Caller, Intake, publish_prompt, send
 from .limits import ConnectionLimits
 
 OPTIONS = ("model", "keepOpen", "conversationId", "resumable")
@@ -102,14 +102,9 @@ def publish(
         assert isinstance(envelope, PromptEnvelope)
         sent.append((envelope, publish_prompt(sns, topic, envelope)))
 
+    limits, requests = _limits(dynamodb, settings), _requests(dynamodb, settings)
     frame = send(
-        message,
-        caller,
-        settings,
-        queue,
-        now_ms=int(time.time() * 1000),
-        limits=_limits(dynamodb, settings),
-        requests=_requests(dynamodb, settings),
+        message, Intake(caller, settings, queue, int(time.time() * 1000), limits, requests)
     )
     if frame["type"] != "accepted" or not sent:
         raise ProtocolError(ErrorCode(frame["code"]), frame["message"], frame["requestId"])

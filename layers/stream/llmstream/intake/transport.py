@@ -11,10 +11,9 @@ from typing import Any
 from ..core import transport
 from ..core.observability import logger
 from ..core.protocol import Cancel, Resume
-from ..requests.lifecycle import Attached, Refused, Requests
+from ..requests.lifecycle import Attached, Refused
 from ..requests.record import owner_key
-from .accept import Caller
-from .limits import ConnectionLimits
+from .accept import Intake
 
 NOT_RESUMED = "the answer could not be resumed; try again"
 
@@ -27,9 +26,10 @@ def in_dialect(frame: dict[str, Any]) -> dict[str, Any] | None:
     return transport.error_frame(frame["requestId"], f"{frame['code']}: {frame['message']}")
 
 
-def abort(message: Cancel, caller: Caller, requests: Requests, limits: ConnectionLimits) -> None:
+def abort(message: Cancel, intake: Intake) -> None:
     """Cancel the request, or the one it was resumed as, and give its stream slot back at once
     (``stop()`` resolves at once: the next send comes right behind). No reply is expected."""
+    requests, caller = intake.requests, intake.caller
     principal, connection = caller.principal_id, caller.connection_id
     try:
         key = owner_key(principal, message.request_id)
@@ -43,14 +43,15 @@ def abort(message: Cancel, caller: Caller, requests: Requests, limits: Connectio
                 key, principal_id=principal, connection_id=connection
             )
         if cancelled is not None:
-            limits.give_back_cancelled(requests.store.table.name, key, cancelled)
+            intake.limits.give_back_cancelled(requests.store.table.name, key, cancelled)
     except Exception:  # the client is not listening for a reply: log it, for the operator
         logger.exception("could not abort the request")
 
 
-def resume(message: Resume, caller: Caller, requests: Requests) -> dict[str, Any] | None:
+def resume(message: Resume, intake: Intake) -> dict[str, Any] | None:
     """Move the chat's running answer here, replayed from its start under the resume's
     requestId; ``no-active`` when the chat has none running."""
+    caller, requests = intake.caller, intake.requests
     rid, chat_id = message.request_id, message.chat_id
     assert chat_id is not None
     try:
