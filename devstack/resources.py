@@ -3,12 +3,14 @@ queues and secrets that the template declares, created as it declares them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
+import threading
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +92,53 @@ def create_secrets(
     return hmac_secret
 
 
+class _SharedOrExclusive:
+    """Many holders at once, or one alone: a readers-writer lock."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def hold(self, exclusive: bool) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or (exclusive and self._shared):
+                self._cond.wait()
+            if exclusive:
+                self._exclusive = True
+            else:
+                self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._shared -= 1
+                self._cond.notify_all()
+
+
+def isolate_dynamodb_transactions() -> None:
+    """moto copies the tables to roll a TransactWriteItems back, and another request thread
+    writing meanwhile breaks the copy ("dictionary changed size during iteration"), which real
+    DynamoDB never does: a transaction here runs alone, every other request beside the others."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    if getattr(DynamoHandler.call_action, "_devstack", False):
+        return
+    lock, call_action = _SharedOrExclusive(), DynamoHandler.call_action
+
+    def serialized(self: Any) -> Any:
+        action = str(self.headers.get("X-Amz-Target", "")).rsplit(".", 1)[-1]
+        with lock.hold(exclusive=action.startswith("Transact")):
+            return call_action(self)
+
+    serialized._devstack = True  # type: ignore[attr-defined]
+    DynamoHandler.call_action = serialized  # type: ignore[method-assign]
+
+
 class MotoServer:
     """moto's server on a free port. Its state is per process (an earlier stack's tables live
     on), so it is reset when it starts and when it stops."""
@@ -103,6 +152,7 @@ class MotoServer:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        isolate_dynamodb_transactions()
         self._server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
