@@ -281,3 +281,59 @@ def test_arbitrary_transport_frames_get_a_transport_frame_or_nothing_and_never_o
         assert published == []
 
     check()
+
+
+# --------------------------------------------------------------------------- the rest applies
+
+
+def test_a_long_answer_reaches_a_transport_client_in_chunk_frames_within_32_kb():
+    from llmstream.core.settings import WEBSOCKET_FRAME_LIMIT
+    from llmstream.stream.relay import Relay
+    from llmstream.stream.sender import FrameSender
+
+    posted: list[bytes] = []
+
+    class Socket:
+        def post(self, data: bytes) -> None:
+            posted.append(bytes(data))
+
+    relay = Relay(Socket(), "rq-long", dialect=transport.DIALECT)  # type: ignore[arg-type]
+    sender = FrameSender(
+        relay.post,
+        "rq-long",
+        min_interval=0,
+        max_frame_bytes=WEBSOCKET_FRAME_LIMIT - transport.OVERHEAD_BYTES,
+    )
+    answer = "é" * 40_000 + "\\u2028" * 5_000 + "x" * 30_000  # multi-byte and escaped text
+    sender.send(protocol.start_frame("rq-long", "m"))
+    sender.delta(answer)
+    sender.send(protocol.end_frame("rq-long", "stop", 1, 2))
+    sender.close()
+    frames = [json.loads(p) for p in posted]
+    assert max(len(p) for p in posted) <= WEBSOCKET_FRAME_LIMIT
+    deltas = [f["chunk"]["delta"] for f in frames if f.get("chunk", {}).get("type") == "text-delta"]
+    assert len(deltas) > 2 and "".join(deltas) == answer
+    numbered = [f["sequence"] for f in frames if f["type"] == "chunk"]
+    assert numbered == list(range(len(numbered)))
+
+
+def test_a_transport_send_on_an_authorized_connection_is_that_principals_request(
+    aws, lambda_context
+):
+    """Auth on $connect applies as to ours: the request, and its chat, are the principal's."""
+    event = load_event("send-message.json")
+    event["requestContext"]["routeKey"] = "$default"
+    event["requestContext"]["authorizer"] = {"principalId": "alice"}
+    event["body"] = send([ui("user", text("Hi"))])
+    response = load_handler("message").lambda_handler(event, lambda_context)
+    assert "body" not in response  # queued: the transport expects no reply
+    (published,) = aws.published()
+    assert json.loads(published["Message"])["principalId"] == "alice"
+    record = aws.dynamodb.get_item(
+        TableName="frames", Key={"requestId": {"S": "p:alice#rq1"}, "seq": {"N": "-1"}}
+    )["Item"]
+    assert record["owner"]["S"] == "alice" and record["resumable"]["BOOL"] is True
+    chat = aws.dynamodb.get_item(
+        TableName="frames", Key={"requestId": {"S": "p:alice#chat-1"}, "seq": {"N": "-2"}}
+    )["Item"]
+    assert chat["points"]["S"] == "p:alice#rq1"
