@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = ROOT / "layers" / "stream"
@@ -18,3 +19,20 @@ def add_paths() -> None:
     for path in (str(ROOT), str(LAYER)):
         if path not in sys.path:
             sys.path.insert(0, path)
+
+
+def local_stack(**changes: Any) -> Any:
+    """A local stack on free ports with the mock LLM and no auth, as every benchmark runs it
+    (``changes``: StackConfig fields), or ImportError when devstack is not importable."""
+    from devstack.stack import LocalStack, StackConfig
+
+    return LocalStack(
+        StackConfig(
+            ws_port=0,
+            http_port=0,
+            llm_base_url="",
+            llm_model="gpt-4o-mini",
+            auth_mode="none",
+            **changes,
+        )
+    )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from . import local_stack
 from .e2e import _stdout_to_stderr
 from .report import mark, table
 
@@ -162,23 +163,13 @@ def run_calls(
     handlers run in this process where the counter sees them)."""
     result = CallsResult(tokens=tokens, rate=rate)
     try:
-        from devstack.stack import LocalStack, StackConfig
-
         counter, cancel_polls = _counter_classes()
+        stack = local_stack(isolation="thread", env={"POWERTOOLS_LOG_LEVEL": "WARNING"})
     except ImportError as exc:
         result.error = f"the local stack is not available ({exc})"
         return result
-    stack_config = StackConfig(
-        ws_port=0,
-        http_port=0,
-        llm_base_url="",
-        llm_model="gpt-4o-mini",
-        auth_mode="none",
-        isolation="thread",
-        env={"POWERTOOLS_LOG_LEVEL": "WARNING"},
-    )
     try:
-        with _stdout_to_stderr(), LocalStack(stack_config) as stack:
+        with _stdout_to_stderr(), stack:
             runtime = stack.runtime
             env = {**runtime.env, **runtime.specs["stream"].env}
             result.poll_ms = float(env.get("CONTROL_POLL_MS") or DEFAULT_POLL_MS)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import local_stack
 from .config import Config
 from .delivery import percentile
 from .report import table
@@ -245,35 +246,29 @@ def run_e2e(config: Config, progress: Progress = lambda _line: None) -> E2EResul
         min(max(config.e2e_streams), config.e2e_max_containers),
     )
     try:
-        from devstack.stack import LocalStack, StackConfig
+        stack = local_stack(
+            post_latency=config.e2e_post_latency_ms / 1000,
+            max_concurrency={
+                "stream": result.max_containers,
+                "message": 10,
+                "connect": 25,
+                "disconnect": 25,
+            },
+            env={
+                "MIN_FRAME_INTERVAL_MS": f"{config.min_interval_ms:g}",
+                "MAX_TOKENS": str(config.e2e_tokens + 10),
+                # One client machine opens every connection: lift the per-caller limits.
+                "RATE_LIMIT_PER_MINUTE": "1000000",
+                "PRINCIPAL_RATE_LIMIT_PER_MINUTE": "1000000",
+                "MAX_CONCURRENT_STREAMS": "1000000",
+                "POWERTOOLS_LOG_LEVEL": "WARNING",
+            },
+        )
     except ImportError as exc:
         result.error = f"the local stack is not available ({exc})"
         return result
-    stack_config = StackConfig(
-        ws_port=0,
-        http_port=0,
-        llm_base_url="",
-        llm_model="gpt-4o-mini",
-        auth_mode="none",
-        post_latency=config.e2e_post_latency_ms / 1000,
-        max_concurrency={
-            "stream": result.max_containers,
-            "message": 10,
-            "connect": 25,
-            "disconnect": 25,
-        },
-        env={
-            "MIN_FRAME_INTERVAL_MS": f"{config.min_interval_ms:g}",
-            "MAX_TOKENS": str(config.e2e_tokens + 10),
-            # One client machine opens every connection: lift the per-caller limits.
-            "RATE_LIMIT_PER_MINUTE": "1000000",
-            "PRINCIPAL_RATE_LIMIT_PER_MINUTE": "1000000",
-            "MAX_CONCURRENT_STREAMS": "1000000",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-        },
-    )
     try:
-        with _stdout_to_stderr(), LocalStack(stack_config) as stack:
+        with _stdout_to_stderr(), stack:
             for n in config.e2e_streams:
                 progress(f"e2e: {n} concurrent streams through the local stack")
                 run = _run_streams(stack, n, config, f"e2e{n}")
