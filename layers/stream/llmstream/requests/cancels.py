@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.conditions import Attr
 
 from ..core.dynamo import ConditionFailed
-from .record import RECORD_SEQ, Request, Status
+from .record import Request, Status, item_key
 
 if TYPE_CHECKING:
     from .lifecycle import NewRequest
@@ -19,10 +19,6 @@ if TYPE_CHECKING:
 
 PENDING_CANCEL_SECONDS = 30
 """How long a cancel that came before its sendMessage waits for it."""
-
-
-def _key(key: str) -> dict[str, Any]:
-    return {"requestId": key, "seq": RECORD_SEQ}
 
 
 class Cancels:
@@ -74,7 +70,7 @@ class Cancels:
             whose = Attr("connectionId").eq(connection_id) | Attr("resumable").eq(True)
         try:
             now = self.store.table.update(
-                _key(key),
+                item_key(key),
                 set={"cancelRequested": True},
                 condition=Attr("status").is_in([Status.QUEUED.value, Status.STREAMING.value])
                 & Attr("expiresAt").gt(self.store.now())
@@ -91,7 +87,7 @@ class Cancels:
         came first: registered meanwhile, or a cancel held already."""
         try:
             self.store.table.put(
-                {**_key(key), **fields, "pendingCancel": True, "cancelRequested": True},
+                {**item_key(key), **fields, "pendingCancel": True, "cancelRequested": True},
                 condition=Attr("requestId").not_exists() | Attr("expiresAt").lt(self.store.now()),
             )
         except ConditionFailed:
@@ -102,7 +98,7 @@ class Cancels:
         """Register a request whose cancel came first: it starts cancelled."""
         try:
             self.store.table.put(
-                {**_key(key), **fields, "cancelRequested": True},
+                {**item_key(key), **fields, "cancelRequested": True},
                 condition=Attr("pendingCancel").eq(True)
                 & Attr("expiresAt").gt(self.store.now())
                 & whose,

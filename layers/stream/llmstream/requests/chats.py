@@ -6,7 +6,7 @@ owner's key space, with the record's lifetime.
 
 from __future__ import annotations
 
-from .record import owner_key
+from .record import item_key, owner_key
 from .store import RequestStore
 
 CHAT_SEQ = -2
@@ -39,12 +39,12 @@ class Chats:
         return self._get(owner_key(principal_id, request_id), ALIAS_SEQ)
 
     def _put(self, key: str, seq: int, request_key: str) -> None:
-        item = {"requestId": key, "seq": seq, "points": request_key}
+        item = {**item_key(key, seq), "points": request_key}
         item["expiresAt"] = self.store.now() + self.ttl_seconds
         self.store.table.put(item)
 
     def _get(self, key: str, seq: int) -> str | None:
-        item = self.store.table.get({"requestId": key, "seq": seq})
+        item = self.store.table.get(item_key(key, seq))
         if item is None or item.get("expiresAt", 0) < self.store.now():
             return None
         return str(item["points"])

@@ -12,6 +12,7 @@ from boto3.dynamodb.conditions import Key
 from boto3.dynamodb.table import BatchWriter
 
 from ..core.dynamo import Table, to_item
+from .record import item_key
 
 CHUNK_BYTES = 64 * 1024
 """Delta texts packed into one item, at most (a single frame may be up to 32 KB)."""
@@ -32,7 +33,7 @@ class StoredFrames:
         count = 0
         with BatchWriter(self.table.name, self.table.client) as batch:
             for first, chunk in _chunks(texts):
-                item = {"requestId": key, "seq": first, "texts": chunk, "expiresAt": expires_at}
+                item = {**item_key(key, first), "texts": chunk, "expiresAt": expires_at}
                 run = (kinds or [])[first : first + len(chunk)]
                 if any(kind != "delta" for kind in run):  # an answer without reasoning: no list
                     item["reasoning"] = [i for i, kind in enumerate(run) if kind == "reasoning"]

@@ -50,6 +50,12 @@ class Status(StrEnum):
         return self in (Status.QUEUED, Status.STREAMING)
 
 
+def item_key(key: str, seq: int = RECORD_SEQ) -> dict[str, Any]:
+    """The frames table's key of ``key``'s item ``seq``: its record (-1), a pointer beside it
+    (requests.chats) or a run of its stored frames (0 and up)."""
+    return {"requestId": key, "seq": seq}
+
+
 def owner_key(principal_id: str | None, name: str) -> str:
     """``name`` (a request or conversation id, which never holds '#') in its owner's space."""
     return f"p:{principal_id}#{name}" if principal_id else f"anon#{name}"

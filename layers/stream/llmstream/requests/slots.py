@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from ..core.dynamo import conditional_failed, to_item
 from ..core.observability import logger
 from ..core.settings import Settings
+from .record import item_key
 
 STALE_SLOT_SECONDS = 30 * 60
 """Longer than any stream can be held up and then run: 15 minutes of event age in Lambda's
@@ -52,14 +53,13 @@ def release_once(
     """Give the request ``key``'s stream slot back unless someone did: its record's flag and its
     connection's count change together (one TransactWriteItems), so a slot given back when the
     client cancels is not given back again when the stream ends. False when nothing changed."""
-    record = {"requestId": key, "seq": -1}
     try:
         dynamodb.transact_write_items(
             TransactItems=[
                 {
                     "Update": {
                         "TableName": frames_table,
-                        "Key": to_item(record),
+                        "Key": to_item(item_key(key)),
                         "UpdateExpression": "SET slotReleased = :yes",
                         "ConditionExpression": "attribute_exists(requestId) AND "
                         "attribute_not_exists(slotReleased)",

@@ -15,7 +15,7 @@ from boto3.dynamodb.conditions import Attr
 
 from ..core.dynamo import ConditionFailed, Table
 from ..core.envelope import Address
-from .record import RECORD_SEQ, Request, Status, address_item
+from .record import Request, Status, address_item, item_key
 
 POLLED = (
     "rid",
@@ -30,10 +30,6 @@ POLLED = (
     "alias",
 )
 """What the watcher reads several times a second: only what a cancel or a resume changes."""
-
-
-def _key(key: str) -> dict[str, Any]:
-    return {"requestId": key, "seq": RECORD_SEQ}
 
 
 def final_json(frame: dict[str, Any] | None) -> str | None:
@@ -55,7 +51,7 @@ class RequestStore:
 
     def read(self, key: str, *, polled: bool = False) -> Request | None:
         """The record (or, ``polled``, the few fields the watcher needs); None when absent."""
-        item = self.table.get(_key(key), attributes=POLLED if polled else ())
+        item = self.table.get(item_key(key), attributes=POLLED if polled else ())
         return None if item is None else Request.from_item(item)
 
     def create(self, key: str, fields: dict[str, Any]) -> Request | None:
@@ -63,7 +59,7 @@ class RequestStore:
         (DynamoDB deletes expired items lazily, so an expired one counts as absent)."""
         try:
             self.table.put(
-                {**_key(key), **fields},
+                {**item_key(key), **fields},
                 condition=Attr("requestId").not_exists() | Attr("expiresAt").lt(self.now()),
             )
         except ConditionFailed as taken:
@@ -71,7 +67,7 @@ class RequestStore:
         return None
 
     def delete(self, key: str) -> None:
-        self.table.delete(_key(key))
+        self.table.delete(item_key(key))
 
     def take(
         self, key: str, *, status: Status, fields: dict[str, Any], defaults: dict[str, Any]
@@ -79,7 +75,7 @@ class RequestStore:
         """Move a queued (or absent) record to ``status``, setting ``fields``, and ``defaults``
         where the record has none. ConditionFailed, with the record, when it is neither."""
         item = self.table.update(
-            _key(key),
+            item_key(key),
             set={"status": status.value, **fields},
             set_if_absent=defaults,
             condition=Attr("requestId").not_exists() | Attr("status").eq(Status.QUEUED.value),
@@ -90,7 +86,7 @@ class RequestStore:
         """Of all the callers that find the same dead lease, exactly one wins this write: the
         record becomes failed. ConditionFailed for the others."""
         item = self.table.update(
-            _key(key),
+            item_key(key),
             set={"status": Status.FAILED.value, **fields},
             remove=("leaseUntil",),
             condition=Attr("status").eq(Status.STREAMING.value)
@@ -102,7 +98,7 @@ class RequestStore:
         """Extend the lease of a record that streams; its state, or None when it has ended."""
         try:
             item = self.table.update(
-                _key(key),
+                item_key(key),
                 set={"leaseUntil": lease_until_ms},
                 condition=Attr("status").eq(Status.STREAMING.value),
             )
@@ -118,7 +114,7 @@ class RequestStore:
         moved = {**address_item(address), "afterSeq": after_seq, "attach": seen.attach + 1}
         try:
             self.table.update(
-                _key(key),
+                item_key(key),
                 set={**moved, "alias": alias},
                 condition=Attr("attach").eq(seen.attach) & Attr("status").eq(seen.status.value),
             )
@@ -147,7 +143,7 @@ class RequestStore:
             fields["final"] = final_json(final)
         try:
             self.table.update(
-                _key(key),
+                item_key(key),
                 set=fields,
                 remove=("leaseUntil",),
                 condition=Attr("attach").eq(attach),
@@ -160,7 +156,7 @@ class RequestStore:
         """Exactly one delivery replays a given resume; False for a duplicate or a stale one."""
         try:
             self.table.update(
-                _key(key),
+                item_key(key),
                 set={"replayed": attach},
                 condition=Attr("attach").eq(attach)
                 & (Attr("replayed").not_exists() | Attr("replayed").lt(attach)),
