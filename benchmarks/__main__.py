@@ -13,7 +13,7 @@ import time
 from . import ROOT, add_paths
 from .config import FULL, QUICK
 
-SECTIONS = ("delivery", "imports", "e2e", "calls")
+SECTIONS = ("delivery", "imports", "e2e", "calls", "cache")
 
 
 def main(argv: list[str] | None = None) -> int:

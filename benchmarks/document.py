@@ -162,6 +162,12 @@ def run(
 
         progress("calls: AWS API calls per answer through the local stack")
         parts["calls"] = run_calls(progress=progress)
+        write()
+
+    if "cache" in sections:
+        from .cache import run_cache
+
+        parts["cache"] = run_cache(config.quick, progress=progress)
     return write()
 
 
@@ -221,6 +227,10 @@ def render(
         from .calls import render_calls
 
         out += render_calls(parts["calls"])
+    if "cache" in parts:
+        from .cache import render_cache
+
+        out += render_cache(parts["cache"])
     if res is not None:
         out += method_section(config)
     return "\n".join(out).rstrip() + "\n"

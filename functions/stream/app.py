@@ -17,6 +17,8 @@ from llmstream.stream.providers import build_provider
 from llmstream.stream.worker import run_prompt
 
 settings = get_settings().require("connections_table", "frames_table", "conversations_table")
+if settings.response_cache_ttl_seconds > 0:
+    settings.require("response_cache_table")
 
 
 def _provider(name: str | None = None):

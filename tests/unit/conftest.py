@@ -19,6 +19,7 @@ TABLES = {
     "connections": [("connectionId", "S", "HASH")],
     "frames": [("requestId", "S", "HASH"), ("seq", "N", "RANGE")],
     "conversations": [("conversationId", "S", "HASH"), ("turn", "N", "RANGE")],
+    "response_cache": [("cacheKey", "S", "HASH"), ("part", "N", "RANGE")],
 }
 """The tables the functions require, keyed as template.yaml declares them."""
 
@@ -86,6 +87,7 @@ def aws(monkeypatch) -> Iterator[Aws]:
             "CONNECTIONS_TABLE": "connections",
             "FRAMES_TABLE": "frames",
             "CONVERSATIONS_TABLE": "conversations",
+            "RESPONSE_CACHE_TABLE": "response_cache",  # the cache stays off: TTL 0
             "PROMPT_TOPIC_ARN": topic_arn,
             "LLM_API_KEY_SECRET": SECRET_NAME,
             "LLM_MODEL": "gpt-4o-mini",

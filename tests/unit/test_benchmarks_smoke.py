@@ -65,3 +65,25 @@ def test_importtime_output_is_summed_over_top_level_imports_after_the_mark():
     )
     ms, modules, openai = parse_importtime(stderr)
     assert ms == 2.0 and modules == 4 and openai
+
+
+def test_the_cache_workload_repeats_exactly_that_many_earlier_prompts():
+    from benchmarks.cache import workload
+
+    prompts = workload(100, 30)
+    assert len(prompts) == 100 and sum(repeat for _, repeat in prompts) == 30
+    for i, (prompt, repeat) in enumerate(prompts):
+        earlier = [p for p, _ in prompts[:i]]
+        assert (prompt in earlier) is repeat
+    assert workload(100, 30) != prompts  # each run its own prompts: a fresh cache
+
+
+def test_the_cache_table_reports_calls_hits_and_times_with_and_without_the_cache():
+    from benchmarks.cache import CacheResult, CacheRun, render_cache
+
+    off = CacheRun(False, 100, 100, 0, 0, 100, 1400, 2300, 1400, 19.0)
+    on = CacheRun(True, 100, 100, 21, 9, 70, 1300, 1900, 280, 17.0)
+    markdown = "\n".join(render_cache(CacheResult([off, on], 100, 30, 10)))
+    assert "## Response cache" in markdown
+    assert "| on | 100/100 | 70 | 21 / 9 | **1300** | 1900 | **280** | 17.0 |" in markdown
+    assert "30 fewer model calls (70% of them)" in markdown and "0.20× the time" in markdown

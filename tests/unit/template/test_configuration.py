@@ -87,6 +87,9 @@ SETTING_VARIABLES = {
     "resume_grace_seconds": "RESUME_GRACE_SECONDS",
     "control_poll_interval": "CONTROL_POLL_MS",
     "forward_reasoning": "FORWARD_REASONING",
+    "response_cache_table": "RESPONSE_CACHE_TABLE",
+    "response_cache_ttl_seconds": "RESPONSE_CACHE_TTL_SECONDS",
+    "response_cache_shared": "RESPONSE_CACHE_SHARED",
 }
 AUTH_SETTING_VARIABLES = {
     "mode": "AUTH_MODE",
@@ -124,6 +127,9 @@ STREAM_READS = {
     "max_frame_bytes",
     "log_content",
     "forward_reasoning",  # answer -> streaming: reasoning frames, or none
+    "response_cache_table",  # answer -> stream.cache (docs/cache.md)
+    "response_cache_ttl_seconds",
+    "response_cache_shared",
 }
 READS: dict[str, set[str]] = {
     "ConnectFunction": {"connections_table", "connection_ttl_seconds"},
@@ -187,7 +193,11 @@ def test_every_setting_is_read_from_the_variable_mapped_here() -> None:
         assert {f.name for f in fields(cls)} == set(mapping), cls.__name__
         default = cls.from_env({})
         for field, variable in mapping.items():
-            value = {"MODEL_PROVIDERS": "m=bedrock", "LOG_CONTENT": "true"}.get(variable, "7")
+            value = {
+                "MODEL_PROVIDERS": "m=bedrock",
+                "LOG_CONTENT": "true",
+                "RESPONSE_CACHE_SHARED": "true",
+            }.get(variable, "7")
             changed = cls.from_env({variable: value})
             assert getattr(changed, field) != getattr(default, field), (field, variable)
 
@@ -245,7 +255,9 @@ def test_the_two_stream_functions_differ_only_in_provider_filter_and_llm_access(
     # The policies: the same, but for the Bedrock model (always) and the key (never).
     policies_a = [p for item in a["Policies"] for p in branches(item)]
     policies_b = list(b["Policies"])
-    bedrock_model = next(p for p in policies_b if "Statement" in p)
+    bedrock_model = next(
+        p for p in policies_b if "Statement" in p and "Bedrock" in p["Statement"][0]["Sid"]
+    )
     key = next(p for p in policies_a if "AWSSecretsManagerGetSecretValuePolicy" in p)
     assert [p for p in policies_a if p is not key] == policies_b
     assert [s["Action"] for s in bedrock_model["Statement"]] == [

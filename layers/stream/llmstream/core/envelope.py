@@ -90,6 +90,8 @@ class PromptEnvelope:
     version: int = ENVELOPE_VERSION
     dialect: str | None = None
     """``ai-sdk``: the client speaks the AI SDK's WebSocketChatTransport (core.transport)."""
+    cache: bool = True
+    """False: the answer neither comes from nor goes to the response cache."""
 
     @property
     def address(self) -> Address:
@@ -107,6 +109,7 @@ class PromptEnvelope:
                 "conversationId": self.conversation_id,
                 "resumable": self.resumable,
                 "dialect": self.dialect,
+                **({} if self.cache else {"cache": False}),  # only the opt-out is sent
             },
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
@@ -172,6 +175,7 @@ def _parse_prompt(doc: Mapping[str, Any]) -> PromptEnvelope:
         conversation_id=_field(options, "conversationId", str, optional=True),
         resumable=bool(options.get("resumable", False)),
         dialect=_dialect(options),
+        cache=options.get("cache", True) is not False,
     )
 
 

@@ -57,13 +57,23 @@ def end_frame(
     finish_reason: str,
     input_tokens: int | None = None,
     output_tokens: int | None = None,
+    *,
+    cached: bool = False,
+    coalesced: bool = False,
 ) -> dict[str, Any]:
-    return {
+    """The answer's last frame. ``cached``: it came from the response cache, and ``usage`` is the
+    original answer's; ``coalesced``: it came from an identical request's stream (docs/cache.md)."""
+    frame: dict[str, Any] = {
         "type": "end",
         "requestId": request_id,
         "finishReason": finish_reason,
         "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens},
     }
+    if cached:
+        frame["cached"] = True
+    if coalesced:
+        frame["coalesced"] = True
+    return frame
 
 
 def error_frame(request_id: str | None, code: ErrorCode, message: str) -> dict[str, Any]:

@@ -33,6 +33,9 @@ def __getattr__(name: str) -> Any:
     return built
 
 
+_CACHE_METRICS = {"hit": "CacheHits", "miss": "CacheMisses", "coalesced": "Coalesced"}
+
+
 def record_stream_metrics(result) -> None:
     """Metrics and one summary log line for a finished stream (no content, only numbers)."""
     from aws_lambda_powertools.metrics import MetricUnit
@@ -53,6 +56,9 @@ def record_stream_metrics(result) -> None:
         name="StreamDuration", unit=MetricUnit.Milliseconds, value=round(result.duration * 1000, 1)
     )
     metrics.add_metric(name=f"Outcome_{result.outcome}", unit=MetricUnit.Count, value=1)
+    cache_metric = _CACHE_METRICS.get(result.cache or "")
+    if cache_metric:
+        metrics.add_metric(name=cache_metric, unit=MetricUnit.Count, value=1)
     logger.info(
         "stream finished",
         extra={
@@ -63,5 +69,6 @@ def record_stream_metrics(result) -> None:
             "frames": result.send.frames,
             "throttled": result.send.throttled,
             "duration_ms": round(result.duration * 1000, 1),
+            "cache": result.cache,
         },
     )

@@ -99,6 +99,8 @@ class SendMessage:
     dialect: str | None = None
     """``ai-sdk``: sent through the AI SDK's WebSocketChatTransport (core.transport)."""
     chat_id: str | None = None
+    cache: bool = True
+    """False: this request neither reads nor fills the response cache (docs/cache.md)."""
     action: Action = field(default=Action.SEND_MESSAGE, init=False)
 
 
@@ -290,13 +292,18 @@ def send_message(body: Mapping[str, Any], limits: Limits, request_id: str) -> Se
     resumable = body.get("resumable", False)
     if not isinstance(resumable, bool):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'resumable' must be a boolean", request_id)
+    cache = body.get("cache", True)
+    if not isinstance(cache, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'cache' must be a boolean", request_id)
     if conversation_id is not None and not REQUEST_ID_PATTERN.fullmatch(conversation_id):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
             "'conversationId' must be 1-128 characters of letters, digits or ._:=+/-",
             request_id,
         )
-    return SendMessage(request_id, messages, model, keep_open, conversation_id, resumable)
+    return SendMessage(
+        request_id, messages, model, keep_open, conversation_id, resumable, cache=cache
+    )
 
 
 def _resume(body: Mapping[str, Any], request_id: str) -> Resume:

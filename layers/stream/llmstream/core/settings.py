@@ -49,6 +49,7 @@ REQUIRED_ENV = {
     "conversations_table": "CONVERSATIONS_TABLE",
     "frames_table": "FRAMES_TABLE",
     "failed_queue_url": "FAILED_QUEUE_URL",
+    "response_cache_table": "RESPONSE_CACHE_TABLE",
 }
 """The resources a function may require, by the environment variable that names them."""
 
@@ -115,6 +116,12 @@ class Settings:
 
     # Reasoning: the model's thinking, streamed apart from its answer (FORWARD_REASONING)
     forward_reasoning: bool = True
+
+    # The response cache (docs/cache.md): off at 0
+    response_cache_table: str = ""
+    response_cache_ttl_seconds: int = 0
+    response_cache_shared: bool = False
+    """Every caller's answers in one cache; by default each principal has its own."""
 
     def require(self, *fields: str) -> Settings:
         """These settings, once every named resource is set; a ConfigurationError naming the
@@ -185,6 +192,11 @@ class Settings:
             control_poll_interval=float(env.get("CONTROL_POLL_MS", d.control_poll_interval * 1000))
             / 1000,
             forward_reasoning=_bool(env.get("FORWARD_REASONING"), d.forward_reasoning),
+            response_cache_table=env.get("RESPONSE_CACHE_TABLE", d.response_cache_table),
+            response_cache_ttl_seconds=int(
+                env.get("RESPONSE_CACHE_TTL_SECONDS", d.response_cache_ttl_seconds)
+            ),
+            response_cache_shared=_bool(env.get("RESPONSE_CACHE_SHARED"), d.response_cache_shared),
         )
 
 

@@ -93,8 +93,10 @@ def read_client_frame(doc: Mapping[str, Any], limits: Limits, fallback: str) -> 
     except ValueError as exc:
         raise refuse(ErrorCode.BAD_REQUEST, str(exc), rid) from None
     ours: dict[str, Any] = {"messages": messages, "keepOpen": True, "resumable": True}
-    if isinstance(body, dict) and body.get("model") is not None:
-        ours["model"] = body["model"]
+    if isinstance(body, dict):
+        for name in ("model", "cache"):  # what a transport's `body` may choose, as in ours
+            if body.get(name) is not None:
+                ours[name] = body[name]
     if len(raw) == 1:  # the newest message only: the server keeps the chat's history
         ours["conversationId"] = chat_id
     try:
@@ -173,6 +175,7 @@ class ChunkEncoder:
                 out.append(self._chunk({"type": "abort"}))
             else:
                 metadata = {"model": self._model, "usage": frame.get("usage")}
+                metadata.update({k: True for k in ("cached", "coalesced") if frame.get(k)})
                 finish: dict[str, Any] = {"type": "finish", "messageMetadata": metadata}
                 finish["finishReason"] = FINISH_REASONS.get(str(reason), "other")
                 out.append(self._chunk(finish))

@@ -117,6 +117,7 @@ def send(message: SendMessage, intake: Intake) -> dict[str, Any]:
         received_at=now_ms,
         resumable=message.resumable,
         dialect=message.dialect,
+        cache=message.cache,
     )
     key = owner_key(caller.principal_id, message.request_id)
     not_registered = _register(requests, key, envelope, settings)

@@ -33,7 +33,7 @@ from ..requests.lifecycle import NewRequest, Requests
 from .accept import Caller, Intake, publish_prompt, send
 from .limits import ConnectionLimits
 
-OPTIONS = ("model", "keepOpen", "conversationId", "resumable")
+OPTIONS = ("model", "keepOpen", "conversationId", "resumable", "cache")
 """What ``options`` may hold: a ``sendMessage``'s optional fields, in the protocol's words."""
 
 
@@ -72,7 +72,7 @@ def publish(
     ``$connect`` authorizer's principalId from its requestContext), or an ``Address`` with,
     for an authenticated connection, its ``principal_id``. ``request_id`` defaults to the
     event's requestId (a new id with an Address). ``options`` may hold ``model``,
-    ``keepOpen``, ``conversationId`` and ``resumable``, as in a ``sendMessage``.
+    ``keepOpen``, ``conversationId``, ``resumable`` and ``cache``, as in a ``sendMessage``.
 
     The topic is ``topic_arn`` or PROMPT_TOPIC_ARN, and the settings (limits, models, tables)
     are the environment's, as template.yaml sets them for the message function. With

@@ -19,6 +19,8 @@ from ..requests.frames import StoredFrames
 from ..requests.history import Conversations, History
 from ..requests.lifecycle import Requests
 from ..requests.record import Request, Status, owner_key
+from .cache import CachingProvider, cache_scope
+from .cache.store import CacheStore
 from .providers.base import Provider
 from .relay import Relay
 from .sender import FrameSender
@@ -82,6 +84,23 @@ class Answer:
             return False
         return state is not None and state.cancel_requested
 
+    def _behind_cache(self, llm: Provider) -> Provider:
+        """The provider behind the response cache, where it is on and the request may use it:
+        not opted out (``"cache": false``), and shared or of a known principal."""
+        settings, envelope = self.settings, self.envelope
+        scope = cache_scope(envelope.principal_id, shared=settings.response_cache_shared)
+        if settings.response_cache_ttl_seconds <= 0 or not envelope.cache or scope is None:
+            return llm
+        return CachingProvider(
+            llm,
+            CacheStore(self.dynamodb, settings.response_cache_table),
+            scope=scope,
+            ttl_seconds=settings.response_cache_ttl_seconds,
+            # A live stream may wait on a stalled model that long before it gives up.
+            lease_seconds=settings.stream_lease_seconds + settings.llm_stall_timeout,
+            poll_interval=settings.control_poll_interval,
+        )
+
     def connect(self, address: Address) -> Connection:
         """A connection to ``address``, checked like the envelope's own endpoint."""
         if not address.valid:
@@ -94,6 +113,7 @@ class Answer:
         history, conversations = load_history(envelope, settings, self.dynamodb)
         if history is not None and history.messages:
             envelope = dataclasses.replace(envelope, messages=history.messages + envelope.messages)
+        llm = self._behind_cache(llm)
         sender = FrameSender(
             relay.post,
             envelope.request_id,
@@ -145,6 +165,7 @@ class Answer:
                 before_end=remember_turn if conversations is not None else None,
             )
         self.attach = watcher.attach
+        result.cache = getattr(llm, "outcome", None)
         if settings.log_content:
             logger.info("completion", extra={"text": result.text})
         settle(self, result, watcher)

@@ -33,6 +33,8 @@ class StreamResult:
     send: SendStats
     text: str | None = None
     """The answer as streamed, kept only when asked for (LOG_CONTENT)."""
+    cache: str | None = None
+    """With the response cache on: ``hit``, ``miss`` or ``coalesced`` (stream.cache)."""
 
     @property
     def duration(self) -> float:
@@ -186,8 +188,16 @@ def stream_answer(
         except Exception:  # the answer itself is fine: deliver its end all the same
             logger.exception("could not finish the turn")
     if outcome == Status.COMPLETED:
+        reason = normalise_finish_reason(finish_reason)
         sender.send(
-            end_frame(rid, normalise_finish_reason(finish_reason), input_tokens, output_tokens)
+            end_frame(
+                rid,
+                reason,
+                input_tokens,
+                output_tokens,
+                cached=bool(getattr(stream, "cached", False)),
+                coalesced=bool(getattr(stream, "coalesced", False)),
+            )
         )
     elif outcome == Status.CANCELLED:
         sender.send(end_frame(rid, FinishReason.CANCELLED.value, input_tokens, output_tokens))

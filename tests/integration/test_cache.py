@@ -1,0 +1,134 @@
+"""The response cache through the local stack (ResponseCacheTtlSeconds on, HMAC auth, so that
+each socket has a principal), counted with the mock LLM's own record of its requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devstack.stack import LocalStack
+from tests.integration.conftest import running_stack
+from tests.integration.test_local_stack import Conversation, converse, run, tokens
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cache_stack() -> Iterator[LocalStack]:
+    yield from running_stack(
+        auth_mode="hmac",
+        parameters={"ResponseCacheTtlSeconds": "300", "AllowedModels": "gpt-4o"},
+    )
+
+
+def url(stack: LocalStack, principal: str = "alice") -> str:
+    return f"{stack.ws_url}/?token={stack.mint_token(principal)}"
+
+
+def prompt(directive: str = "tokens=12 rate=0 first_token_delay=0") -> str:
+    """A prompt no other test sends (its nonce), scripted for the mock LLM."""
+    return f"cache {uuid.uuid4().hex}\n#mock {directive}"
+
+
+def message(text: str | None = None, **fields: Any) -> str:
+    body = {"action": "sendMessage", "requestId": uuid.uuid4().hex, **fields}
+    if text is not None:
+        body["prompt"] = text
+    return json.dumps(body)
+
+
+def model_calls(stack: LocalStack, text: str) -> int:
+    """Chat completions requests whose messages hold ``text`` (its nonce line)."""
+    marker = text.splitlines()[0]
+    return sum(
+        any(marker in str(m.get("content", "")) for m in r.body.get("messages", []))
+        for r in stack.mock_llm.requests
+    )
+
+
+def assert_whole(conversation: Conversation, text: str) -> dict[str, Any]:
+    """A complete, gapless answer ending in ``stop``; its end frame."""
+    assert conversation.text == text
+    seqs = [f["seq"] for f in conversation.frames if "seq" in f]
+    assert seqs == list(range(len(seqs)))
+    end = conversation.frames[-1]
+    assert end["type"] == "end" and end["finishReason"] == "stop"
+    return end
+
+
+def test_an_identical_second_request_makes_no_model_call(cache_stack: LocalStack):
+    text = prompt()
+    first = run(converse(url(cache_stack), message(text)))
+    second = run(converse(url(cache_stack), message(text)))
+    assert model_calls(cache_stack, text) == 1
+    assert "cached" not in assert_whole(first, tokens(12))
+    end = assert_whole(second, tokens(12))
+    assert end["cached"] is True and end["usage"] == first.frames[-1]["usage"]
+
+
+def test_ten_identical_concurrent_requests_make_one_model_call(cache_stack: LocalStack):
+    text = prompt("tokens=40 rate=20 first_token_delay=0.5")  # two seconds of answer
+
+    async def ten() -> list[Conversation]:
+        return await asyncio.gather(*(converse(url(cache_stack), message(text)) for _ in range(10)))
+
+    conversations = run(ten(), timeout=120)
+    assert model_calls(cache_stack, text) == 1
+    ends = [assert_whole(c, tokens(40)) for c in conversations]
+    assert sum(not e.get("coalesced") and not e.get("cached") for e in ends) == 1  # the leader
+    assert sum(bool(e.get("coalesced")) for e in ends) >= 5  # most came while it streamed
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"prompt": "another question"},
+        {"model": "gpt-4o"},
+        {"messages": "with history"},
+    ],
+    ids=["prompt", "model", "history"],
+)
+def test_a_request_that_differs_in_what_shapes_the_answer_calls_the_model(
+    cache_stack: LocalStack, change: dict[str, str]
+):
+    text = prompt("tokens=5 rate=0 first_token_delay=0")
+    run(converse(url(cache_stack), message(text)))
+    if "prompt" in change:
+        other = message(text.replace("cache ", "cache again "))
+    elif "model" in change:
+        other = message(text, model="gpt-4o")
+    else:
+        other = message(
+            messages=[
+                {"role": "user", "content": "earlier"},
+                {"role": "assistant", "content": "yes"},
+                {"role": "user", "content": text},
+            ]
+        )
+    differing = run(converse(url(cache_stack), other))
+    assert "cached" not in differing.frames[-1] and differing.text == tokens(5)
+    calls = sum(
+        any(
+            text.splitlines()[0].split()[-1] in str(m.get("content", ""))
+            for m in r.body["messages"]
+        )
+        for r in cache_stack.mock_llm.requests
+    )
+    assert calls == 2
+
+
+def test_another_principal_gets_no_cached_answer_and_an_opt_out_calls_the_model(
+    cache_stack: LocalStack,
+):
+    text = prompt("tokens=5 rate=0 first_token_delay=0")
+    run(converse(url(cache_stack, "alice"), message(text)))
+    bob = run(converse(url(cache_stack, "bob"), message(text)))
+    assert "cached" not in bob.frames[-1] and model_calls(cache_stack, text) == 2
+    opted_out = run(converse(url(cache_stack, "alice"), message(text, cache=False)))
+    assert "cached" not in opted_out.frames[-1] and model_calls(cache_stack, text) == 3
+    assert run(converse(url(cache_stack, "bob"), message(text))).frames[-1]["cached"] is True
