@@ -72,16 +72,24 @@ def test_an_identical_second_request_makes_no_model_call(cache_stack: LocalStack
 
 
 def test_ten_identical_concurrent_requests_make_one_model_call(cache_stack: LocalStack):
-    text = prompt("tokens=40 rate=20 first_token_delay=0.5")  # two seconds of answer
+    text = prompt("tokens=80 rate=10 first_token_delay=0")  # eight seconds of answer
 
     async def ten() -> list[Conversation]:
-        return await asyncio.gather(*(converse(url(cache_stack), message(text)) for _ in range(10)))
+        first = asyncio.ensure_future(converse(url(cache_stack), message(text)))
+        # The other nine come once the first streams, all at once.
+        started = await asyncio.to_thread(
+            cache_stack.mock_llm.wait_for, lambda: model_calls(cache_stack, text), 30
+        )
+        assert started
+        others = [converse(url(cache_stack), message(text)) for _ in range(9)]
+        return await asyncio.gather(first, *others)
 
     conversations = run(ten(), timeout=120)
     assert model_calls(cache_stack, text) == 1
-    ends = [assert_whole(c, tokens(40)) for c in conversations]
-    assert sum(not e.get("coalesced") and not e.get("cached") for e in ends) == 1  # the leader
-    assert sum(bool(e.get("coalesced")) for e in ends) >= 5  # most came while it streamed
+    ends = [assert_whole(c, tokens(80)) for c in conversations]
+    assert "coalesced" not in ends[0] and "cached" not in ends[0]  # the one that called it
+    assert all(e.get("coalesced") is True for e in ends[1:])
+    assert all(e["usage"] == ends[0]["usage"] for e in ends)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from llmstream.core.protocol import (
     ProtocolError,
     SendMessage,
     parse_client_message,
+    send_message,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +115,11 @@ def test_history_in_messages_replaces_the_prompt():
             "'keepOpen'",
         ),
         (
+            '{"action":"sendMessage","prompt":"a","cache":"no"}',
+            ErrorCode.BAD_REQUEST,
+            "'cache' must be a boolean",
+        ),
+        (
             '{"action":"sendMessage","prompt":"a","requestId":"has space"}',
             ErrorCode.BAD_REQUEST,
             "'requestId'",
@@ -203,3 +209,24 @@ def test_an_error_quoting_a_lone_surrogate_still_encodes_as_utf8():
     error = rejection('{"action":"sendMessage","prompt":"a","model":"m\\ud800"}')
     assert error.code is ErrorCode.MODEL_NOT_ALLOWED
     assert json.loads(protocol.encode(error.frame()))["message"].startswith("model 'm?'")
+
+
+def test_a_cache_opt_out_travels_to_the_envelope_and_the_default_leaves_it_out():
+    from llmstream.core.envelope import PromptEnvelope, parse_envelope
+
+    opted_out = send_message({"prompt": "hi", "cache": False}, LIMITS, "r1")
+    assert opted_out.cache is False and send_message({"prompt": "hi"}, LIMITS, "r1").cache
+    fields = dict(
+        request_id="r1",
+        connection_id="c",
+        domain_name="d.example.com",
+        stage="prod",
+        messages=({"role": "user", "content": "hi"},),
+        model="m1",
+        provider="openai",
+        max_tokens=5,
+    )
+    default, off = PromptEnvelope(**fields), PromptEnvelope(**fields, cache=False)
+    assert "cache" not in json.loads(default.to_json())["options"]  # the wire shape as before
+    assert json.loads(off.to_json())["options"]["cache"] is False
+    assert parse_envelope(off.to_json()).cache is False and parse_envelope(default.to_json()).cache

@@ -263,3 +263,9 @@ def test_importing_llmstream_loads_neither_boto3_nor_powertools():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_cache_opt_out_is_an_option_and_reaches_the_envelope(aws):
+    publish(aws, "hello", request_id="r-no-cache", options={"cache": False})
+    [notification] = aws.published()
+    assert json.loads(notification["Message"])["options"]["cache"] is False

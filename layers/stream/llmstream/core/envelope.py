@@ -74,6 +74,8 @@ def _addressed(envelope: PromptEnvelope | ResumeEnvelope) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PromptEnvelope:
+    """A prompt on its way to the stream function: where to answer, what to ask, and how."""
+
     request_id: str
     connection_id: str
     domain_name: str

@@ -90,6 +90,8 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class SendMessage:
+    """Answer these messages; the fields are the client's, checked (``send_message``)."""
+
     request_id: str
     messages: tuple[dict[str, str], ...]
     model: str

@@ -60,6 +60,8 @@ class ConfigurationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Settings:
+    """One function's configuration, read from its environment once (``from_env``)."""
+
     # Resources
     connections_table: str = ""
     prompt_topic_arn: str = ""

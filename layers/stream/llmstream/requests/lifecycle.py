@@ -41,6 +41,8 @@ class Taken(StrEnum):
 
 @dataclass(frozen=True)
 class Claim:
+    """What the stream function's claim of a request found, and the record as it is now."""
+
     taken: Taken
     request: Request
 
@@ -59,6 +61,8 @@ class Replay:
 
 @dataclass(frozen=True)
 class Refused:
+    """A cancel, resume or attach that cannot be done, and why."""
+
     reason: str
     """``not_found``, ``not_resumable``, ``interrupted`` or ``busy``."""
 

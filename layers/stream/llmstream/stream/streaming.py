@@ -22,6 +22,8 @@ from .signals import Signal
 
 @dataclass
 class StreamResult:
+    """What became of one answer: for the record, the logs and the metrics."""
+
     outcome: Status
     """How the answer ended: the request's status, as its record keeps it."""
     finish_reason: str | None
@@ -47,6 +49,8 @@ class StreamResult:
 
 @dataclass(frozen=True)
 class StreamLimits:
+    """How long the answer loop waits on the model, and when it stops."""
+
     read_timeout: float = 30.0
     """A model that sends nothing for this long is stalled."""
     retry_budget: float = 20.0
