@@ -58,7 +58,9 @@ class ConfigurationError(RuntimeError):
     """The function's environment lacks a resource the template always creates."""
 
 
-@dataclass(frozen=True)
+# eq=False: one per container, never compared; the generated __eq__ and __hash__ of 40 fields
+# would only cost the cold start (docs/benchmarks.md, cold start).
+@dataclass(frozen=True, eq=False)
 class Settings:
     """One function's configuration, read from its environment once (``from_env``)."""
 
