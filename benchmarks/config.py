@@ -32,7 +32,7 @@ class Config:
     workers: int = 8  # scenario processes at once; each mostly sleeps
     ttfd_tokens: int = 10  # time to first delta: short answers, one at a time, on a quiet CPU
     ttfd_reps: int = 5
-    import_runs: int = 7
+    import_runs: int = 15
     e2e_streams: tuple[int, ...] = (1, 50, 500)
     e2e_tokens: int = 100
     e2e_rate: float = 20

@@ -83,8 +83,13 @@ class Row:
     median_ms: dict[str, float]  # by mode
     modules: int
     packages: frozenset[str]
+    paired: dict[str, float] = field(default_factory=dict)
+    """By mode: the median over rounds of this case's time over the baseline's in the same
+    round, so that a slow spell of the machine, which slows both, cancels out."""
 
     def ratio(self, mode: str, baseline: Row) -> float:
+        if mode in self.paired:
+            return self.paired[mode]
         return self.median_ms[mode] / baseline.median_ms[mode]
 
 
@@ -296,6 +301,7 @@ def measure(
                     if round_:
                         samples[case, mode].append(sample)
     rows = []
+    baseline = next(c for c in CASES if c.function is None)
     for case in CASES:
         with_bytecode = samples[case, "with"]
         rows.append(
@@ -304,6 +310,13 @@ def measure(
                 {m: statistics.median(s.ms for s in samples[case, m]) for m in MODES},
                 int(statistics.median(s.modules for s in with_bytecode)),
                 frozenset().union(*(s.packages for s in with_bytecode)),
+                paired={
+                    m: statistics.median(
+                        s.ms / b.ms
+                        for s, b in zip(samples[case, m], samples[baseline, m], strict=True)
+                    )
+                    for m in MODES
+                },
             )
         )
     return ColdStart(rows, runs, version, how, started, load)
@@ -367,8 +380,10 @@ def render_imports(result: ColdStart | None) -> list[str]:
         "build without its `.pyc` files, what every cold start paid while the layer shipped "
         "none (Lambda mounts `/opt` read-only, so nothing is ever cached there); *with "
         "bytecode* is the layer as `sam build` makes it now. Ratios are against `import boto3` "
-        f"from the same layer in the same mode. Median of {result.runs} runs per case and mode, "
-        "all interleaved, after one discarded round.",
+        f"from the same layer in the same mode, paired: each round runs every case once, and a "
+        "ratio is the median over the rounds of the case's time over the baseline's in that "
+        f"round. Median of {result.runs} runs per case and mode, all interleaved, after one "
+        "discarded round.",
         "",
         cold_start_table(result),
         "",
