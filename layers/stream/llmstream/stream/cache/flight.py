@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ...core.observability import logger
@@ -111,16 +112,14 @@ class CachingProvider:
             # Another request took the key between our read and our write: look again.
 
 
+@dataclass(frozen=True)
 class _Call:
     """The model call a request makes if it has to."""
 
-    def __init__(self, messages: list[dict[str, str]], model: str, max_tokens: int, timeout: float):
-        self.messages, self.model_id, self.max_tokens, self.read_timeout = (
-            messages,
-            model,
-            max_tokens,
-            timeout,
-        )
+    messages: list[dict[str, str]]
+    model_id: str
+    max_tokens: int
+    read_timeout: float
 
     def model(self, provider: Provider) -> ChunkStream:
         return provider.stream(
