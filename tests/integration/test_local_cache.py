@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -140,3 +143,23 @@ def test_another_principal_gets_no_cached_answer_and_an_opt_out_calls_the_model(
     opted_out = run(converse(url(cache_stack, "alice"), message(text, cache=False)))
     assert "cached" not in opted_out.frames[-1] and model_calls(cache_stack, text) == 3
     assert run(converse(url(cache_stack, "bob"), message(text))).frames[-1]["cached"] is True
+
+
+def test_the_ai_sdk_client_gets_cached_answers_and_can_opt_out(cache_stack: LocalStack):
+    """The `ai` package's own transport (examples/ai-sdk-chat/test/cache.test.mjs), in Node."""
+    from tests.integration.test_ai_sdk import npm_installed
+
+    node = shutil.which("node")
+    assert node, "Node.js is missing: the AI SDK tests run the real `ai` client in Node"
+    env = {**os.environ, "LLM_STREAM_WS_URL": url(cache_stack), "LLM_STREAM_CACHE": "1"}
+    done = subprocess.run(
+        [node, "--test", "--test-reporter=spec", "test/cache.test.mjs"],
+        cwd=npm_installed(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ℹ skipped 0" in done.stdout and "ℹ pass 2" in done.stdout, done.stdout
