@@ -391,3 +391,33 @@ def test_a_cache_that_cannot_be_read_leaves_the_model_to_answer(aws):
     model.release()
     stream = open_stream(broken)
     assert "".join(c.text for c in stream) == "x" and broken.outcome == "miss"
+
+
+@pytest.mark.parametrize(
+    "outcome, metric",
+    [("hit", "CacheHits"), ("miss", "CacheMisses"), ("coalesced", "Coalesced"), (None, None)],
+)
+def test_each_cache_outcome_is_its_own_metric(outcome, metric, capsys, monkeypatch):
+    from llmstream.core.observability import metrics, record_stream_metrics
+    from llmstream.stream.sender import SendStats
+    from llmstream.stream.streaming import StreamResult
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Test")
+    result = StreamResult(
+        outcome="completed",
+        finish_reason="stop",
+        input_tokens=1,
+        output_tokens=2,
+        started_at=0.0,
+        first_token_at=0.1,
+        finished_at=0.2,
+        send=SendStats(),
+        cache=outcome,
+    )
+    record_stream_metrics(result)
+    metrics.flush_metrics()
+    [emitted] = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line
+    ]
+    names = {m["Name"] for m in emitted["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert names & {"CacheHits", "CacheMisses", "Coalesced"} == ({metric} if metric else set())
