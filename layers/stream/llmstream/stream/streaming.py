@@ -15,7 +15,14 @@ from ..core.envelope import PromptEnvelope
 from ..core.observability import logger
 from ..core.protocol import ErrorCode, FinishReason, end_frame, error_frame, start_frame
 from ..requests.record import Status
-from .providers.base import ChunkStream, LLMError, LLMTimeout, Provider, retry_before_first_token
+from .providers.base import (
+    ChunkStream,
+    Ending,
+    LLMError,
+    LLMTimeout,
+    Provider,
+    retry_before_first_token,
+)
 from .sender import FrameSender, SendStats
 from .signals import Signal
 
@@ -105,8 +112,7 @@ def stream_answer(
     kept: list[str] | None = [] if keep_text or before_end is not None else None
     started = clock()
     first_token_at: float | None = None
-    finish_reason: str | None = None
-    input_tokens = output_tokens = None
+    ending = Ending()
     outcome = Status.COMPLETED
     stream: ChunkStream | None = None
 
@@ -157,11 +163,7 @@ def stream_answer(
                     sender.delta(chunk.text)
                     if kept is not None:
                         kept.append(chunk.text)
-                finish_reason = chunk.finish_reason or finish_reason
-                if chunk.input_tokens is not None:
-                    input_tokens = chunk.input_tokens
-                if chunk.output_tokens is not None:
-                    output_tokens = chunk.output_tokens
+                ending.take(chunk)
                 if remaining_time() < limits.deadline_margin:
                     outcome = fail(
                         ErrorCode.TIMEOUT,
@@ -192,27 +194,28 @@ def stream_answer(
         except Exception:  # the answer itself is fine: deliver its end all the same
             logger.exception("could not finish the turn")
     if outcome == Status.COMPLETED:
-        reason = normalise_finish_reason(finish_reason)
         sender.send(
             end_frame(
                 rid,
-                reason,
-                input_tokens,
-                output_tokens,
+                normalise_finish_reason(ending.finish_reason),
+                ending.input_tokens,
+                ending.output_tokens,
                 cached=bool(getattr(stream, "cached", False)),
                 coalesced=bool(getattr(stream, "coalesced", False)),
             )
         )
     elif outcome == Status.CANCELLED:
-        sender.send(end_frame(rid, FinishReason.CANCELLED.value, input_tokens, output_tokens))
+        sender.send(
+            end_frame(rid, FinishReason.CANCELLED.value, ending.input_tokens, ending.output_tokens)
+        )
     stats = sender.close()
     if outcome == Status.COMPLETED and (sender.gone or sender.failed):
         outcome = Status.GONE if sender.gone else Status.DELIVERY_FAILED
     return StreamResult(
         outcome=outcome,
-        finish_reason=finish_reason,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
+        finish_reason=ending.finish_reason,
+        input_tokens=ending.input_tokens,
+        output_tokens=ending.output_tokens,
         started_at=started,
         first_token_at=first_token_at,
         finished_at=clock(),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...core.observability import logger
-from ..providers.base import Chunk, ChunkStream, LLMError, LLMTimeout, Provider
+from ..providers.base import Chunk, ChunkStream, Ending, LLMError, LLMTimeout, Provider
 from ..streaming import normalise_finish_reason
 from .key import cache_key
 from .store import ABANDONED, COMPLETE, PART_BYTES, CacheStore, Entry
@@ -92,13 +92,10 @@ class CachingProvider:
             if entry.live(now):
                 self.outcome = COALESCED
                 return Following(self, key, call, entry)
-            flight = uuid.uuid4().hex
+            flight, expires_at = uuid.uuid4().hex, int(now + self.ttl_seconds)
+            lease_until = now + self.lease_seconds
             if self.store.lead(
-                key,
-                flight,
-                now=int(now),
-                lease_until=int(now + self.lease_seconds),
-                expires_at=int(now + self.ttl_seconds),
+                key, flight, now=int(now), lease_until=int(lease_until), expires_at=expires_at
             ):
                 self.outcome = MISS
                 try:
@@ -107,7 +104,7 @@ class CachingProvider:
                     self.store.abandon(key, flight)
                     raise
                 return Recording(
-                    model_stream, self, key, flight, expires_at=int(now) + self.ttl_seconds
+                    model_stream, self, key, flight, expires_at=expires_at, lease_until=lease_until
                 )
             # Another request took the key between our read and our write: look again.
 
@@ -178,6 +175,7 @@ class Recording:
         flight: str,
         *,
         expires_at: int,
+        lease_until: float,
     ) -> None:
         self.stream = stream
         self.cache = cache
@@ -189,7 +187,7 @@ class Recording:
         self.buffer: list[str] = []
         self.buffered = 0
         self.flushed_at = 0.0  # the first text goes out at once
-        self.lease_until = cache.clock() + cache.lease_seconds
+        self.lease_until = lease_until  # as the head was written
         self.recording = True
         self.ended = False
         abort = getattr(stream, "abort", None)
@@ -197,25 +195,21 @@ class Recording:
             self.abort = abort
 
     def __iter__(self) -> Iterator[Chunk]:
-        finish_reason = input_tokens = output_tokens = None
+        ending = Ending()
         for chunk in self.stream:
             if chunk.reasoning:
                 self._take("reasoning", chunk.reasoning)
             if chunk.text:
                 self._take("text", chunk.text)
-            finish_reason = chunk.finish_reason or finish_reason
-            if chunk.input_tokens is not None:
-                input_tokens = chunk.input_tokens
-            if chunk.output_tokens is not None:
-                output_tokens = chunk.output_tokens
+            ending.take(chunk)
             yield chunk
         self._flush()
         self.ended = True
         if self.recording:
             end = {
-                "finishReason": normalise_finish_reason(finish_reason),
-                "inputTokens": input_tokens,
-                "outputTokens": output_tokens,
+                "finishReason": normalise_finish_reason(ending.finish_reason),
+                "inputTokens": ending.input_tokens,
+                "outputTokens": ending.output_tokens,
             }
             store = self.cache.store
             self._quietly(store.complete, self.key, self.flight, parts=self.parts, end=end)

@@ -27,6 +27,23 @@ class Chunk:
     output_tokens: int | None = None
 
 
+@dataclass
+class Ending:
+    """How a model's stream ended, as far as its chunks said: the last finish reason and usage
+    counts seen (a provider sends them on the last chunk or two, and a count may come alone)."""
+
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    def take(self, chunk: Chunk) -> None:
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        if chunk.input_tokens is not None:
+            self.input_tokens = chunk.input_tokens
+        if chunk.output_tokens is not None:
+            self.output_tokens = chunk.output_tokens
+
+
 class LLMError(Exception):
     """The LLM failed; ``message`` is safe to show the client."""
 
