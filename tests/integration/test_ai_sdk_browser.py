@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 from devstack.stack import LocalStack
+from tests.browser import chromium
 from tests.integration.conftest import running_stack
 from tests.integration.test_ai_sdk import npm, npm_installed
 from tests.integration.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     COUNT_SOCKETS,
     TIMEOUT_MS,
     WATCH_ANSWER,
@@ -45,15 +44,8 @@ def stack(dist: Path) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `apt-get install chromium` (CI installs it)")
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium(TIMEOUT_MS, skippable=False) as launched:
+        yield launched
 
 
 def errors_shown(page: Any) -> list[str]:

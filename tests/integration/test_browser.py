@@ -21,22 +21,12 @@ from urllib.parse import quote
 import pytest
 
 from devstack.stack import LocalStack
+from tests.browser import chromium
 from tests.integration.conftest import running_stack
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:=+/-]{1,128}$")
 TIMEOUT_MS = 15_000
 
@@ -82,18 +72,8 @@ def stack() -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: run `apt-get install chromium` (CI installs it)"
-        if os.environ.get("CI_ALLOW_NO_BROWSER") == "1":
-            pytest.skip(reason)
-        pytest.fail(reason)
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium(TIMEOUT_MS) as launched:
+        yield launched
 
 
 @pytest.fixture

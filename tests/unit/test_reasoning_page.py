@@ -9,7 +9,6 @@ exactly and reads what the page sends back; no stack runs.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -18,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from tests.browser import chromium
+
 pytestmark = pytest.mark.browser
 
 STATIC = Path(__file__).resolve().parents[2] / "devstack" / "static"
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 TIMEOUT_MS = 10_000
 
 # Every socket the page opens, with what it sent; ``push`` plays a server frame, ``drop`` hangs up.
@@ -60,20 +60,8 @@ def static_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: run `apt-get install chromium` (CI installs it)"
-        if os.environ.get("CI_ALLOW_NO_BROWSER") == "1":
-            pytest.skip(reason)
-        pytest.fail(reason)
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        yield chromium
-        chromium.close()
+    with chromium(TIMEOUT_MS) as launched:
+        yield launched
 
 
 @pytest.fixture
