@@ -3,7 +3,6 @@ stream function sees it (a scripted model, the real frame sender, moto DynamoDB,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -159,8 +158,7 @@ def test_a_cancel_while_the_model_stalls_ends_the_answer_at_once_not_at_the_stal
     stalling_model,
 ):
     provider, mock = stalling_model
-    envelope = dataclasses.replace(
-        ENVELOPE,
+    envelope = ENVELOPE._replace(
         messages=({"role": "user", "content": "#mock tokens=50 rate=100 stall_after=2"},),
     )
     posted: list[dict[str, Any]] = []
@@ -191,8 +189,7 @@ def test_a_client_that_leaves_while_the_model_stalls_ends_the_stream_at_once(sta
     from llmstream.apigw.connection import ConnectionGone
 
     provider, mock = stalling_model
-    envelope = dataclasses.replace(
-        ENVELOPE,
+    envelope = ENVELOPE._replace(
         messages=({"role": "user", "content": "#mock tokens=50 rate=100 stall_after=2"},),
     )
     posted: list[dict[str, Any]] = []

@@ -4,7 +4,6 @@ the record it registers, and its refusals, which are the message function's own 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -32,7 +31,7 @@ def one_connection_many_prompts(monkeypatch):
 
 
 def settings(**changes: Any) -> Settings:
-    return dataclasses.replace(Settings.from_env(), **changes)
+    return Settings.from_env()._replace(**changes)
 
 
 def publish(aws, prompt: Any = "Where is my order?", **kwargs: Any) -> llmstream.Published:

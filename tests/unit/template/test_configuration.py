@@ -9,7 +9,6 @@ import copy
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Any
 
 import boto3
@@ -190,7 +189,7 @@ def variables_of(settings: set[str]) -> set[str]:
 
 def test_every_setting_is_read_from_the_variable_mapped_here() -> None:
     for cls, mapping in ((Settings, SETTING_VARIABLES), (AuthSettings, AUTH_SETTING_VARIABLES)):
-        assert {f.name for f in fields(cls)} == set(mapping), cls.__name__
+        assert set(cls._fields) == set(mapping), cls.__name__
         default = cls.from_env({})
         for field, variable in mapping.items():
             value = {
@@ -293,7 +292,7 @@ class Recorded:
         self.fields: set[str] = set()
         self.on = False
         for cls in (Settings, AuthSettings):
-            names = {f.name for f in fields(cls)}
+            names = set(cls._fields)
 
             def getattribute(obj: Any, name: str, names: set[str] = names) -> Any:
                 if self.on and name in names:

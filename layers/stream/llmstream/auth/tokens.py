@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 MODES = ("none", "jwt", "hmac")
 JWT_ALGORITHMS = ["RS256", "ES256"]
@@ -39,8 +39,10 @@ class Denied(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class AuthSettings:
+# A NamedTuple like Settings: the cold start (docs/architecture.md).
+class AuthSettings(NamedTuple):
+    """The authorizer's configuration, read from its environment once (``from_env``)."""
+
     mode: str = "none"
     jwt_issuer: str = ""
     jwt_audience: str = ""

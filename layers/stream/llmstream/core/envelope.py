@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .protocol import MAX_SEQ, REQUEST_ID_PATTERN, ROLES
 from .transport import DIALECT
@@ -30,8 +29,8 @@ class InvalidEnvelope(ValueError):
     """The SNS message is not a version-1 prompt document; the reason never quotes the prompt."""
 
 
-@dataclass(frozen=True)
-class Address:
+# A NamedTuple, not a dataclass: the message handler's cold start (docs/architecture.md).
+class Address(NamedTuple):
     """Where a request's frames go: one connection of one API stage."""
 
     connection_id: str
@@ -72,8 +71,7 @@ def _addressed(envelope: PromptEnvelope | ResumeEnvelope) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class PromptEnvelope:
+class PromptEnvelope(NamedTuple):
     """A prompt on its way to the stream function: where to answer, what to ask, and how."""
 
     request_id: str
@@ -123,9 +121,6 @@ class PromptEnvelope:
             "model": {"DataType": "String", "StringValue": self.model},
             "version": {"DataType": "Number", "StringValue": str(self.version)},
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _field(doc: Mapping[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
@@ -181,8 +176,7 @@ def _parse_prompt(doc: Mapping[str, Any]) -> PromptEnvelope:
     )
 
 
-@dataclass(frozen=True)
-class ResumeEnvelope:
+class ResumeEnvelope(NamedTuple):
     """Replay a finished answer's stored frames after ``after_seq`` to another connection.
 
     ``attach`` is the request's resume count after this resume; the stream function replays a

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import transport
 
@@ -68,15 +67,28 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:=+/-]{1,128}$")
 # --------------------------------------------------------------------------- client messages
 
 
-@dataclass(eq=False)  # not frozen: Python sets an exception's __traceback__ as it travels
 class ProtocolError(Exception):
-    """A client mistake, answered with an error frame; never a bug."""
+    """A client mistake, answered with an error frame; never a bug.
 
-    code: ErrorCode
-    message: str
-    request_id: str | None = None
-    dialect: str | None = None
-    """``ai-sdk`` for a WebSocketChatTransport frame: answered in that protocol."""
+    ``dialect`` is ``ai-sdk`` for a WebSocketChatTransport frame: answered in that protocol.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        request_id: str | None = None,
+        dialect: str | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.dialect = dialect
+
+    def in_dialect(self, dialect: str) -> ProtocolError:
+        """The same mistake, answered in ``dialect``'s words."""
+        return ProtocolError(self.code, self.message, self.request_id, dialect)
 
     def __str__(self) -> str:
         return f"{self.code.value}: {self.message}"
@@ -88,8 +100,8 @@ class ProtocolError(Exception):
         return error_frame(request_id, self.code, self.message)
 
 
-@dataclass(frozen=True)
-class SendMessage:
+# A NamedTuple, not a dataclass: the message handler's cold start (docs/architecture.md).
+class SendMessage(NamedTuple):
     """Answer these messages; the fields are the client's, checked (``send_message``)."""
 
     request_id: str
@@ -103,20 +115,24 @@ class SendMessage:
     chat_id: str | None = None
     cache: bool = True
     """False: this request neither reads nor fills the response cache (docs/cache.md)."""
-    action: Action = field(default=Action.SEND_MESSAGE, init=False)
+
+    @property
+    def action(self) -> Action:
+        return Action.SEND_MESSAGE
 
 
-@dataclass(frozen=True)
-class Cancel:
+class Cancel(NamedTuple):
     """Stop the answer to ``request_id``; it ends with ``finishReason: "cancelled"``."""
 
     request_id: str
     dialect: str | None = None
-    action: Action = field(default=Action.CANCEL, init=False)
+
+    @property
+    def action(self) -> Action:
+        return Action.CANCEL
 
 
-@dataclass(frozen=True)
-class Resume:
+class Resume(NamedTuple):
     """Send the rest of ``request_id``'s answer, the deltas after ``after_seq``, to this socket."""
 
     request_id: str
@@ -124,7 +140,10 @@ class Resume:
     dialect: str | None = None
     chat_id: str | None = None
     """With the transport: the chat whose running answer to replay, under ``request_id``."""
-    action: Action = field(default=Action.RESUME, init=False)
+
+    @property
+    def action(self) -> Action:
+        return Action.RESUME
 
 
 ClientMessage = SendMessage | Cancel | Resume
@@ -133,8 +152,7 @@ MAX_SEQ = 2**31 - 1
 """The largest ``seq`` (and ``afterSeq``) the protocol allows."""
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """What a client may send; taken from Settings so each deployment can tune it."""
 
     max_prompt_bytes: int = 16 * 1024

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 from .protocol import Limits
 
@@ -58,10 +58,8 @@ class ConfigurationError(RuntimeError):
     """The function's environment lacks a resource the template always creates."""
 
 
-# eq=False: one per container, never compared; the generated __eq__ and __hash__ of 40 fields
-# would only cost the cold start (docs/benchmarks.md, cold start).
-@dataclass(frozen=True, eq=False)
-class Settings:
+# A NamedTuple, not a dataclass: the message handler's cold start (docs/architecture.md).
+class Settings(NamedTuple):
     """One function's configuration, read from its environment once (``from_env``)."""
 
     # Resources

@@ -12,7 +12,6 @@ No library writes these frames for Python, hence this module.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -102,8 +101,8 @@ def read_client_frame(doc: Mapping[str, Any], limits: Limits, fallback: str) -> 
     try:
         send = send_message(ours, limits, rid)
     except ProtocolError as exc:
-        raise dataclasses.replace(exc, dialect=DIALECT) from None
-    return dataclasses.replace(send, dialect=DIALECT, chat_id=chat_id)
+        raise exc.in_dialect(DIALECT) from None
+    return send._replace(dialect=DIALECT, chat_id=chat_id)
 
 
 def message_text(message: Any, index: int) -> dict[str, str] | None:

@@ -7,8 +7,7 @@ No LLM code is imported here, so the message function stays quick to cold-start.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.envelope import Address, PromptEnvelope, ResumeEnvelope
 from ..core.observability import logger
@@ -32,8 +31,8 @@ from .routing import provider_for_model
 Publish = Callable[[PromptEnvelope | ResumeEnvelope], Any]
 
 
-@dataclass(frozen=True)
-class Caller:
+# A NamedTuple, not a dataclass: the message handler's cold start (docs/architecture.md).
+class Caller(NamedTuple):
     """Who sent the message, from the WebSocket event's requestContext."""
 
     address: Address
@@ -46,8 +45,7 @@ class Caller:
         return self.address.connection_id
 
 
-@dataclass(frozen=True)
-class Intake:
+class Intake(NamedTuple):
     """What handling one client message needs: who sent it, the deployment's settings, where
     prompts go, the clock, the limits and the request records."""
 

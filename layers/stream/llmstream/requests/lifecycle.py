@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.dynamo import ConditionFailed
 from ..core.envelope import Address
@@ -39,8 +39,8 @@ class Taken(StrEnum):
     is failed already, with the ``error`` frame a client that resumes gets."""
 
 
-@dataclass(frozen=True)
-class Claim:
+# A NamedTuple, not a dataclass: the message handler's cold start (docs/architecture.md).
+class Claim(NamedTuple):
     """What the stream function's claim of a request found, and the record as it is now."""
 
     taken: Taken
@@ -67,8 +67,7 @@ class Refused:
     """``not_found``, ``not_resumable``, ``interrupted`` or ``busy``."""
 
 
-@dataclass(frozen=True)
-class NewRequest:
+class NewRequest(NamedTuple):
     """What a record is created with, by the message handler or, for a prompt that reached the
     stream function without one (published by another function), by its claim."""
 

@@ -14,9 +14,8 @@ lets a client cancel or resume its answer (docs/sessions.md).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.envelope import Address
 
@@ -61,8 +60,8 @@ def owner_key(principal_id: str | None, name: str) -> str:
     return f"p:{principal_id}#{name}" if principal_id else f"anon#{name}"
 
 
-@dataclass(frozen=True)
-class Request:
+# A NamedTuple, not a dataclass: the message handler's cold start (docs/architecture.md).
+class Request(NamedTuple):
     """A request's record as read."""
 
     request_id: str

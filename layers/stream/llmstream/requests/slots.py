@@ -7,8 +7,7 @@ by conditional atomic updates, so concurrent messages cannot both take the last 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.exceptions import ClientError
 
@@ -22,8 +21,8 @@ STALE_SLOT_SECONDS = 30 * 60
 queue (StreamMaxEventAgeSeconds' default) plus the stream function's 15-minute timeout."""
 
 
-@dataclass(frozen=True)
-class Refusal:
+# A NamedTuple, not a dataclass: the message handler's cold start (docs/architecture.md).
+class Refusal(NamedTuple):
     """Why a request was refused; ``message`` names the limit and is safe to show the client."""
 
     limit: str

@@ -5,7 +5,6 @@ relay in front of its client's connection, the watcher of its record, and how it
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -112,7 +111,7 @@ class Answer:
         llm = self.provider(envelope)
         history, conversations = load_history(envelope, settings, self.dynamodb)
         if history is not None and history.messages:
-            envelope = dataclasses.replace(envelope, messages=history.messages + envelope.messages)
+            envelope = envelope._replace(messages=history.messages + envelope.messages)
         llm = self._behind_cache(llm)
         sender = FrameSender(
             relay.post,
