@@ -86,6 +86,8 @@ class Row:
     paired: dict[str, float] = field(default_factory=dict)
     """By mode: the median over rounds of this case's time over the baseline's in the same
     round, so that a slow spell of the machine, which slows both, cancels out."""
+    spread: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """By mode: the first and third quartiles of those per-round ratios (how noisy they were)."""
 
     def ratio(self, mode: str, baseline: Row) -> float:
         if mode in self.paired:
@@ -304,22 +306,29 @@ def measure(
     baseline = next(c for c in CASES if c.function is None)
     for case in CASES:
         with_bytecode = samples[case, "with"]
+        ratios = {
+            m: [s.ms / b.ms for s, b in zip(samples[case, m], samples[baseline, m], strict=True)]
+            for m in MODES
+        }
         rows.append(
             Row(
                 case,
                 {m: statistics.median(s.ms for s in samples[case, m]) for m in MODES},
                 int(statistics.median(s.modules for s in with_bytecode)),
                 frozenset().union(*(s.packages for s in with_bytecode)),
-                paired={
-                    m: statistics.median(
-                        s.ms / b.ms
-                        for s, b in zip(samples[case, m], samples[baseline, m], strict=True)
-                    )
-                    for m in MODES
-                },
+                paired={m: statistics.median(ratios[m]) for m in MODES},
+                spread={m: quartiles(ratios[m]) for m in MODES},
             )
         )
     return ColdStart(rows, runs, version, how, started, load)
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the values themselves when there are too few)."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    first, _median, third = statistics.quantiles(values, n=4, method="inclusive")
+    return first, third
 
 
 # ---------------------------------------------------------------------------- the document
@@ -359,6 +368,14 @@ def cold_start_table(result: ColdStart) -> str:
     )
 
 
+def _spread(row: Row) -> str:
+    """How far its rounds' ratios strayed: this machine's noise, next to the median."""
+    if "with" not in row.spread:
+        return ""
+    first, third = row.spread["with"]
+    return f" (half of the rounds between {first:.2f}× and {third:.2f}×)"
+
+
 def render_imports(result: ColdStart | None) -> list[str]:
     head = ["## Cold start: import cost", ""]
     if result is None:
@@ -389,9 +406,10 @@ def render_imports(result: ColdStart | None) -> list[str]:
         "",
         f"{mark(met)} The route handlers and the authorizer, as deployed (with bytecode), "
         f"import in at most {BUDGET}× `import boto3`: the slowest, the {worst.case.label}, in "
-        f"{worst.ratio('with', result.baseline):.2f}×. They do not build Powertools' Tracer, "
-        "which loads and patches the X-Ray SDK (`tests/unit/test_cold_start.py` holds them to "
-        "that); Lambda's active tracing still records them, and botocore forwards the trace "
+        f"{worst.ratio('with', result.baseline):.2f}×{_spread(worst)}. They do not build "
+        "Powertools' Tracer, which loads and patches the X-Ray SDK "
+        "(`tests/unit/test_cold_start.py` holds them to that); Lambda's active tracing still "
+        "records them, and botocore forwards the trace "
         "header, so a prompt's trace runs on through SNS to the stream function. The stream "
         "and dead-letter handlers keep Tracer for their calls' subsegments. The stream "
         "handler imports openai on its first invocation, once per container (the last row), "

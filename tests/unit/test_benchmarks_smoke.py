@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.config import Config
 from benchmarks.document import interval_scenarios, run, scenarios, ttfd_scenarios
 from benchmarks.imports import MARK, parse_importtime
@@ -97,3 +99,24 @@ def test_a_cold_start_ratio_is_the_median_of_each_rounds_own_ratio():
     handler = Row(CASES[1], {"with": 300.0}, 1, frozenset(), paired={"with": 1.2})
     assert handler.ratio("with", baseline) == 1.2
     assert Row(CASES[1], {"with": 300.0}, 1, frozenset()).ratio("with", baseline) == 1.5
+
+
+def test_the_cold_start_verdict_shows_how_far_the_rounds_ratios_spread():
+    import datetime as dt
+
+    from benchmarks.imports import CASES, ColdStart, Row, quartiles, render_imports
+
+    assert quartiles([1.0, 1.1, 1.2, 1.3, 1.4]) == pytest.approx((1.1, 1.3))
+    assert quartiles([1.25]) == (1.25, 1.25)
+    rows = [Row(c, {"with": 200.0, "without": 500.0}, 1, frozenset()) for c in CASES]
+    rows[1] = Row(
+        CASES[1],
+        {"with": 250.0, "without": 600.0},
+        1,
+        frozenset(),
+        paired={"with": 1.27, "without": 1.2},
+        spread={"with": (1.22, 1.31)},
+    )
+    result = ColdStart(rows, 15, "3.13.0", "a build", dt.datetime(2026, 12, 1, tzinfo=dt.UTC), 0.5)
+    text = "\n".join(render_imports(result))
+    assert "the message handler, in 1.27× (half of the rounds between 1.22× and 1.31×)" in text
