@@ -83,15 +83,14 @@ class Row:
     median_ms: dict[str, float]  # by mode
     modules: int
     packages: frozenset[str]
-    paired: dict[str, float] = field(default_factory=dict)
-    """By mode: the median over rounds of this case's time over the baseline's in the same
-    round, so that a slow spell of the machine, which slows both, cancels out."""
-    spread: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """By mode: the first and third quartiles of those per-round ratios (how noisy they were)."""
+    round_ratios: dict[str, list[float]] = field(default_factory=dict)
+    """By mode: each round's time of this case over the baseline's in the same round. Their
+    median is the ratio, so that a slow spell of the machine, which slows both, cancels out;
+    their quartiles say how noisy the rounds were."""
 
     def ratio(self, mode: str, baseline: Row) -> float:
-        if mode in self.paired:
-            return self.paired[mode]
+        if self.round_ratios.get(mode):
+            return statistics.median(self.round_ratios[mode])
         return self.median_ms[mode] / baseline.median_ms[mode]
 
 
@@ -306,27 +305,28 @@ def measure(
     baseline = next(c for c in CASES if c.function is None)
     for case in CASES:
         with_bytecode = samples[case, "with"]
-        ratios = {
-            m: [s.ms / b.ms for s, b in zip(samples[case, m], samples[baseline, m], strict=True)]
-            for m in MODES
-        }
         rows.append(
             Row(
                 case,
                 {m: statistics.median(s.ms for s in samples[case, m]) for m in MODES},
                 int(statistics.median(s.modules for s in with_bytecode)),
                 frozenset().union(*(s.packages for s in with_bytecode)),
-                paired={m: statistics.median(ratios[m]) for m in MODES},
-                spread={m: quartiles(ratios[m]) for m in MODES},
+                round_ratios={
+                    m: [
+                        s.ms / b.ms
+                        for s, b in zip(samples[case, m], samples[baseline, m], strict=True)
+                    ]
+                    for m in MODES
+                },
             )
         )
     return ColdStart(rows, runs, version, how, started, load)
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
-    """The first and third quartiles (the values themselves when there are too few)."""
+    """The first and third quartiles of one or more values."""
     if len(values) < 2:
-        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+        return values[0], values[0]
     first, _median, third = statistics.quantiles(values, n=4, method="inclusive")
     return first, third
 
@@ -370,9 +370,9 @@ def cold_start_table(result: ColdStart) -> str:
 
 def _spread(row: Row) -> str:
     """How far its rounds' ratios strayed: this machine's noise, next to the median."""
-    if "with" not in row.spread:
+    if not row.round_ratios.get("with"):
         return ""
-    first, third = row.spread["with"]
+    first, third = quartiles(row.round_ratios["with"])
     return f" (half of the rounds between {first:.2f}× and {third:.2f}×)"
 
 

@@ -96,7 +96,7 @@ def test_a_cold_start_ratio_is_the_median_of_each_rounds_own_ratio():
 
     baseline = Row(CASES[0], {"with": 200.0}, 1, frozenset())
     # Rounds where the machine was slow slow both: their ratios are what counts.
-    handler = Row(CASES[1], {"with": 300.0}, 1, frozenset(), paired={"with": 1.2})
+    handler = Row(CASES[1], {"with": 300.0}, 1, frozenset(), round_ratios={"with": [1.1, 1.2, 1.5]})
     assert handler.ratio("with", baseline) == 1.2
     assert Row(CASES[1], {"with": 300.0}, 1, frozenset()).ratio("with", baseline) == 1.5
 
@@ -114,8 +114,7 @@ def test_the_cold_start_verdict_shows_how_far_the_rounds_ratios_spread():
         {"with": 250.0, "without": 600.0},
         1,
         frozenset(),
-        paired={"with": 1.27, "without": 1.2},
-        spread={"with": (1.22, 1.31)},
+        round_ratios={"with": [1.1, 1.22, 1.27, 1.31, 1.4], "without": [1.2]},
     )
     result = ColdStart(rows, 15, "3.13.0", "a build", dt.datetime(2026, 12, 1, tzinfo=dt.UTC), 0.5)
     text = "\n".join(render_imports(result))
